@@ -1,0 +1,170 @@
+"""The driver contract: the few per-batch operations a broker backend implements.
+
+Modelled on gocloud.dev/pubsub's driver package. Everything hard (batching,
+retries, ack bookkeeping, flush, close, error wrapping) lives once in the
+portable layer (`publisher.py`, `subscriber.py`); a driver only moves batches
+to and from its broker and classifies its own errors. Drivers never retry:
+they say whether an error is retryable and the portable layer decides.
+
+Every driver module in `drivers/` has the same shape:
+
+    SCHEME: str                                   # "mem", "kafka", "gcppubsub"
+    def open_topic_driver(url: ParsedURL, options: dict[str, object]) -> TopicDriver
+    def open_subscription_driver(url: ParsedURL, options: dict[str, object]) -> SubscriptionDriver
+    def open_admin_driver(url: ParsedURL, options: dict[str, object]) -> AdminDriver
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+
+class ErrorCode(enum.Enum):
+    """A driver's classification of one of its native errors."""
+
+    UNKNOWN = "unknown"
+    NOT_FOUND = "not_found"  # topic / subscription / group does not exist
+    ALREADY_EXISTS = "already_exists"
+    TIMEOUT = "timeout"  # deadline passed without an answer
+    UNAVAILABLE = "unavailable"  # broker unreachable or temporarily failing
+    INVALID_ARGUMENT = "invalid_argument"  # bad option, message too large, ...
+    PERMISSION_DENIED = "permission_denied"
+    CLOSED = "closed"  # the native client was already closed
+
+
+@dataclass(frozen=True)
+class ParsedURL:
+    """A broker URL split into the parts drivers need.
+
+    `kafka://127.0.0.1:9092/images?group=service` ->
+        scheme="kafka", host="127.0.0.1:9092", path="images", query={"group": "service"}
+    `gcppubsub://projects/P/topics/images` ->
+        scheme="gcppubsub", host="projects", path="P/topics/images", query={}
+    `mem://images?subscription=service` ->
+        scheme="mem", host="images", path="", query={"subscription": "service"}
+    """
+
+    raw: str
+    scheme: str
+    host: str
+    path: str
+    query: Mapping[str, str]
+
+
+@dataclass
+class OutgoingMessage:
+    """One message handed to `TopicDriver.send_batch`."""
+
+    data: bytes
+    attributes: dict[str, str] = field(default_factory=dict)
+    key: str | None = None
+
+
+@dataclass
+class IncomingMessage:
+    """One message returned by `SubscriptionDriver.receive_batch`.
+
+    `ack_id` is opaque to the portable layer: it hands it back unchanged to
+    `send_acks` / `send_nacks`. It must be hashable so acks can be de-duplicated.
+    """
+
+    data: bytes
+    attributes: dict[str, str]
+    key: str | None
+    id: str
+    ack_id: Hashable
+    publish_time: datetime | None = None
+    delivery_attempt: int | None = None  # 1 on first delivery, None when the broker does not say
+
+
+@runtime_checkable
+class TopicDriver(Protocol):
+    """Sends batches to one topic."""
+
+    #: Human-readable name used in error messages, e.g. "kafka topic 'images' at 127.0.0.1:9092".
+    name: str
+
+    def send_batch(self, messages: Sequence[OutgoingMessage], timeout: float) -> list[str]:
+        """Send all messages; return one broker-assigned id per message, in order.
+
+        Return only once the broker has confirmed every message (durably accepted).
+        Raise the native error on failure; never retry.
+        """
+        ...
+
+    def is_retryable(self, error: BaseException) -> bool:
+        """True if sending the same batch again may succeed."""
+        ...
+
+    def error_code(self, error: BaseException) -> ErrorCode:
+        """Classify a native error raised by this driver."""
+        ...
+
+    def close(self) -> None:
+        """Release native resources. Called once, after the last send_batch."""
+        ...
+
+
+@runtime_checkable
+class SubscriptionDriver(Protocol):
+    """Receives batches from one subscription (Pub/Sub) or consumer group (Kafka)."""
+
+    name: str
+
+    def receive_batch(self, max_messages: int, timeout: float) -> list[IncomingMessage]:
+        """Return between 0 and max_messages messages, waiting at most `timeout` seconds.
+
+        An empty list means nothing arrived in time; it is not an error.
+        """
+        ...
+
+    def send_acks(self, ack_ids: Sequence[Hashable]) -> None:
+        """Acknowledge messages; acking an already-acked id is harmless."""
+        ...
+
+    def can_nack(self) -> bool:
+        """True if the broker supports negative acknowledgement (possibly emulated)."""
+        ...
+
+    def send_nacks(self, ack_ids: Sequence[Hashable]) -> None:
+        """Ask for prompt redelivery of these messages."""
+        ...
+
+    def is_retryable(self, error: BaseException) -> bool: ...
+
+    def error_code(self, error: BaseException) -> ErrorCode: ...
+
+    def close(self) -> None:
+        """Stop receiving. Unacked messages must be redelivered to another consumer later."""
+        ...
+
+
+@runtime_checkable
+class AdminDriver(Protocol):
+    """Creates and deletes topics and subscriptions. Used by `fashionstream.pubsub.admin`."""
+
+    def create_topic(self, topic: str, *, partitions: int = 1, replication_factor: int = 1) -> bool:
+        """Create `topic` if missing. Return True if it was created, False if it existed."""
+        ...
+
+    def create_subscription(
+        self,
+        subscription: str,
+        *,
+        topic: str,
+        ack_deadline_s: int = 30,
+        dead_letter_topic: str | None = None,
+        max_delivery_attempts: int = 5,
+    ) -> bool:
+        """Create `subscription` on `topic` if missing (Kafka: checks the topic; groups need no creation)."""
+        ...
+
+    def delete_topic(self, topic: str) -> None: ...
+
+    def delete_subscription(self, subscription: str) -> None: ...
+
+    def close(self) -> None: ...
