@@ -12,6 +12,29 @@ Every driver module in `drivers/` has the same shape:
     def open_topic_driver(url: ParsedURL, options: dict[str, object]) -> TopicDriver
     def open_subscription_driver(url: ParsedURL, options: dict[str, object]) -> SubscriptionDriver
     def open_admin_driver(url: ParsedURL, options: dict[str, object]) -> AdminDriver
+    TOPIC_QUERY_PARAMS: frozenset[str]            # query parameters a topic URL may carry
+    SUBSCRIPTION_QUERY_PARAMS: frozenset[str]     # ... a subscription URL may carry ("group", "subscription")
+    NATIVE_ACK_DEADLINES: bool                    # False (Kafka): the portable layer emulates ack deadlines
+
+Conventions the portable layer relies on (added with the portable layer):
+
+- The portable layer checks URL query parameters against TOPIC_QUERY_PARAMS /
+  SUBSCRIPTION_QUERY_PARAMS before calling a driver, and removes its own
+  portable options (batch_size, linger, max_in_flight, send_timeout,
+  ack_deadline, max_outstanding, receive_batch_size, ...) from `options`;
+  what is left are native client options, which a driver passes to its client
+  or rejects with `errors.InvalidArgument`.
+- `open_*_driver` has no driver object yet to classify errors with, so it
+  raises `fashionstream.pubsub.errors` exceptions itself (NotFound,
+  InvalidArgument, Unavailable, MissingExtra) with the native error chained.
+- `TopicDriver.send_batch` may be called from several threads at once
+  (concurrent in-flight batches). A `SubscriptionDriver` is called from one
+  thread at a time (the subscriber's worker); `close` comes after that thread ends.
+- `AdminDriver` methods take short names, never URLs: "images", "service".
+  The driver adds what its URL says (Kafka: the bootstrap servers; Pub/Sub:
+  the project). For Kafka, `create_subscription(group, topic=...)` only checks
+  that the topic exists (consumer groups need no creation); for `mem` the
+  subscription belongs to `topic`.
 """
 
 from __future__ import annotations
