@@ -1,0 +1,174 @@
+"""Lightning data modules: a base for any small greyscale image set, and Fashion-MNIST.
+
+The whole dataset lives in memory as uint8 tensors (60 k × 28 × 28 = 47 MB); batches are
+normalised and augmented *after* they reach the device (`on_after_batch_transfer`), so the same
+code is fast on CPU (no per-image Python transforms) and on a GPU (augmentation runs there).
+
+The 10 k test set is read only by `test_dataloader`: the validation split, carved from the
+training set with a fixed seed, is what chooses checkpoints.
+
+To plug in a new dataset, subclass `ImageDataModule` and implement `load_arrays` (see
+docs/classifier.md for a complete example).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from fashionstream.classifier import fashion_mnist_files
+
+Split = Literal["train", "test"]
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Base data module: in-memory uint8 images, fixed-seed validation split, batch-level augmentation.
+
+    Subclasses set `class_names`, `mean`, `std` and implement `load_arrays`.
+    """
+
+    class_names: tuple[str, ...] = ()
+    mean: float = 0.5
+    std: float = 0.5
+
+    def __init__(
+        self,
+        batch_size: int = 256,
+        num_workers: int = 0,
+        val_size: int = 6000,
+        split_seed: int = 0,
+        flip: bool = True,
+        translate: int = 2,
+        erase: float = 0.0,
+        train_subset: int | None = None,
+        data_dir: str | None = None,
+    ) -> None:
+        """
+        Args:
+            batch_size: images per training batch (evaluation uses 4× this).
+            num_workers: DataLoader worker processes; 0 is fastest for in-memory data on CPU.
+            val_size: images held out of the training set for validation (checkpoint choice).
+            split_seed: seed of the train/validation split, independent of the training seed.
+            flip: random horizontal flips in training.
+            translate: random shifts of up to this many pixels (pad with zeros, random crop).
+            erase: probability of random erasing (one rectangle of 1/16–1/4 of the image set to 0).
+            train_subset: use only the first N training images after the split (smoke tests).
+            data_dir: folder with the dataset files; None searches the usual places.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_size = val_size
+        self.split_seed = split_seed
+        self.flip = flip
+        self.translate = translate
+        self.erase = erase
+        self.train_subset = train_subset
+        self.data_dir = data_dir
+        self._sets: dict[str, TensorDataset] = {}
+
+    def load_arrays(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
+        """Return (uint8 images (N, H, W), int64 labels (N,)) for the split."""
+        raise NotImplementedError
+
+    def checksums(self) -> dict[str, str]:
+        """Content checksums of the data files, recorded in the model card."""
+        return {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._sets:
+            return
+        images, labels = self.load_arrays("train")
+        order = np.random.default_rng(self.split_seed).permutation(len(labels))
+        val_idx, train_idx = order[: self.val_size], order[self.val_size :]
+        if self.train_subset is not None:
+            train_idx = train_idx[: self.train_subset]
+        x, y = torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels)
+        self._sets["train"] = TensorDataset(x[train_idx], y[train_idx])
+        self._sets["val"] = TensorDataset(x[val_idx], y[val_idx])
+        test_images, test_labels = self.load_arrays("test")
+        self._sets["test"] = TensorDataset(
+            torch.from_numpy(np.ascontiguousarray(test_images)), torch.from_numpy(test_labels)
+        )
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        batch = self.batch_size if name == "train" else 4 * self.batch_size
+        return DataLoader(
+            self._sets[name],
+            batch_size=batch,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=shuffle and len(self._sets[name]) > batch,  # equal-size batches keep BatchNorm steady
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int) -> tuple:
+        images, labels = batch  # (B, H, W) uint8, (B,) int64
+        x = images.unsqueeze(1).float().div_(255.0)  # (B, 1, H, W) in [0, 1]
+        if self.trainer is not None and self.trainer.training:
+            x = augment(x, flip=self.flip, translate=self.translate, erase=self.erase)
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last), labels
+
+
+def augment(x: torch.Tensor, flip: bool, translate: int, erase: float) -> torch.Tensor:
+    """Per-image random flip, shift and erasing of a (B, 1, H, W) batch in [0, 1], vectorised."""
+    b, _, h, w = x.shape
+    if flip:
+        flipped = torch.rand(b, device=x.device) < 0.5
+        x = torch.where(flipped[:, None, None, None], x.flip(-1), x)
+    if translate > 0:
+        t = translate
+        padded = torch.nn.functional.pad(x, (t, t, t, t))  # (B, 1, H+2t, W+2t), zeros = background
+        dy = torch.randint(0, 2 * t + 1, (b,), device=x.device)
+        dx = torch.randint(0, 2 * t + 1, (b,), device=x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
+        x = padded[torch.arange(b, device=x.device)[:, None, None], 0, rows, cols].unsqueeze(1)  # (B, 1, H, W)
+    if erase > 0:
+        area = torch.empty(b, device=x.device).uniform_(1 / 16, 1 / 4) * h * w
+        aspect = torch.exp(torch.empty(b, device=x.device).uniform_(-1.1, 1.1))  # log-uniform in ~[1/3, 3]
+        eh = (area * aspect).sqrt().clamp(1, h)
+        ew = (area / aspect).sqrt().clamp(1, w)
+        y0 = torch.rand(b, device=x.device) * (h - eh)
+        x0 = torch.rand(b, device=x.device) * (w - ew)
+        ys = torch.arange(h, device=x.device)[None, :, None]
+        xs = torch.arange(w, device=x.device)[None, None, :]
+        box = (ys >= y0[:, None, None]) & (ys < (y0 + eh)[:, None, None])
+        box = box & (xs >= x0[:, None, None]) & (xs < (x0 + ew)[:, None, None])  # (B, H, W)
+        chosen = (torch.rand(b, device=x.device) < erase)[:, None, None]
+        x = x.masked_fill((box & chosen).unsqueeze(1), 0.0)
+    return x
+
+
+class FashionMNIST(ImageDataModule):
+    """Zalando's Fashion-MNIST: 60 k training and 10 k test images, 28×28 grey, 10 classes."""
+
+    class_names = fashion_mnist_files.CLASS_NAMES
+    # Mean and standard deviation of the 60 k training pixels scaled to [0, 1].
+    mean = 0.2860
+    std = 0.3530
+
+    def load_arrays(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
+        return fashion_mnist_files.load_split(split, Path(self.data_dir) if self.data_dir else None)
+
+    def checksums(self) -> dict[str, str]:
+        return fashion_mnist_files.checksums()
