@@ -1,0 +1,84 @@
+"""Broker URLs: parsing, validation and redaction of secrets.
+
+A URL names one topic or one subscription on one backend, e.g.
+`kafka://127.0.0.1:9092/images?group=service`. This module splits it into a
+`ParsedURL`, rejects what no driver accepts, and produces text safe to log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from urllib.parse import parse_qsl, urlsplit
+
+from fashionstream.pubsub.driver import ParsedURL
+from fashionstream.pubsub.errors import InvalidArgument
+
+# Substrings that mark an option or query key as secret. Matched case-insensitively.
+SECRET_MARKERS = ("password", "secret", "token", "credential", "sasl", "key.pem", "private")
+
+REDACTED = "***"
+
+
+def is_secret(key: str) -> bool:
+    """True if the value stored under `key` must never appear in logs or errors."""
+    lowered = key.lower()
+    return any(marker in lowered for marker in SECRET_MARKERS)
+
+
+def redact(options: Mapping[str, object]) -> dict[str, object]:
+    """A copy of `options` with secret values replaced by '***'."""
+    return {k: (REDACTED if is_secret(k) else v) for k, v in options.items()}
+
+
+def parse_url(raw: str) -> ParsedURL:
+    """Split `raw` into scheme, host, path and query; duplicate query keys are errors.
+
+    The host keeps its case (topic names are case-sensitive), and the path loses
+    its leading slash: `kafka://h:9092/images` has path "images".
+    """
+    if not isinstance(raw, str):
+        raise InvalidArgument(f"a broker URL must be a str, got {type(raw).__name__}")
+    parts = urlsplit(raw)
+    if not parts.scheme or "://" not in raw:
+        raise InvalidArgument(
+            f"{safe_url(raw)!r} is not a broker URL; expected e.g. 'mem://images', "
+            "'kafka://127.0.0.1:9092/images' or 'gcppubsub://projects/P/topics/images'"
+        )
+    query: dict[str, str] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key in query:
+            raise InvalidArgument(f"query parameter {key!r} appears twice in {safe_url(raw)!r}")
+        query[key] = value
+    return ParsedURL(
+        raw=raw,
+        scheme=parts.scheme.lower(),
+        host=parts.netloc,
+        path=parts.path.lstrip("/"),
+        query=query,
+    )
+
+
+def check_query(url: ParsedURL, accepted: Iterable[str], what: str) -> None:
+    """Raise InvalidArgument naming the accepted parameters if `url` has any other."""
+    allowed = frozenset(accepted)
+    unknown = sorted(set(url.query) - allowed)
+    if unknown:
+        listed = ", ".join(sorted(allowed)) or "none"
+        raise InvalidArgument(
+            f"unknown query parameter(s) {', '.join(unknown)} in {what} URL {safe_url(url.raw)!r}; accepted: {listed}"
+        )
+
+
+def safe_url(raw: str) -> str:
+    """`raw` with any password in the user-info part and secret query values replaced by '***'."""
+    parts = urlsplit(raw)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:{REDACTED}@{hostport}" if ":" in userinfo else f"{user}@{hostport}"
+    query = "&".join(
+        f"{k}={REDACTED if is_secret(k) else v}" for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    rebuilt = f"{parts.scheme}://{netloc}{parts.path}"
+    return f"{rebuilt}?{query}" if query else rebuilt
