@@ -1,0 +1,305 @@
+"""Classify images with an exported model: ONNX Runtime + the model card, no torch.
+
+    >>> from fashionstream.classifier.predictor import Predictor
+    >>> predictor = Predictor.load()                  # models/fashion-cnn.onnx + its card
+    >>> predictor.predict(open("shoe.png", "rb").read())
+    Prediction(label=7, class_name='Sneaker', confidence=0.97, probabilities=(...))
+
+Inputs and how they are converted to the model's 28×28 grey pixels (`to_pixels`):
+
+- encoded image bytes (PNG, JPEG, anything Pillow reads) or a `PIL.Image.Image` of any size or
+  mode: alpha is composited onto black, colour converted to grey (ITU-R 601 luma), and the image
+  resized to 28×28 with a box/bilinear filter *without* keeping the aspect ratio;
+- raw pixels: `bytes` of length 784 with ``raw=True`` (row-major uint8), or a numpy array of shape
+  (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); uint8 is taken as is, float arrays with values in
+  [0, 1] are scaled by 255, other float/integer arrays are clipped to [0, 255];
+- the model was trained on Fashion-MNIST: a light garment on a black background. A photo of a dark
+  item on white should be inverted by the caller (`255 - pixels`).
+
+Bad input raises `InvalidImageError` with a machine-readable `reason` ("empty", "not_an_image",
+"truncated", "too_large", "bad_shape"). Image dimensions are checked from the header *before*
+any pixel is decoded, so a 20,000×20,000 PNG is refused in microseconds without using memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+DEFAULT_MODEL_NAME = "fashion-cnn"
+MAX_SIDE = 4096  # pixels per side an input image may have
+MAX_PIXELS = 16 * 1024 * 1024  # and in total (a 4096×4096 image is exactly this)
+_CHUNK = 1024  # images per ONNX Runtime call: bounds memory for huge batches
+
+
+class InvalidImageError(ValueError):
+    """An input that cannot be turned into a 28×28 grey image; `reason` is machine-readable."""
+
+    REASONS = ("empty", "not_an_image", "truncated", "too_large", "bad_shape")
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """No model file or card where one was expected."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: int
+    class_name: str
+    confidence: float
+    probabilities: tuple[float, ...]
+
+
+def _repo_models_dir() -> Path:
+    # src/fashionstream/classifier/predictor.py -> repository root is three folders above the package.
+    return Path(__file__).resolve().parents[3] / "models"
+
+
+def default_model_path() -> Path:
+    """$FASHIONSTREAM_MODEL if set, else the shipped models/fashion-cnn.onnx of this checkout."""
+    if env := os.environ.get("FASHIONSTREAM_MODEL"):
+        return Path(env).expanduser()
+    for folder in (_repo_models_dir(), Path.cwd() / "models"):
+        candidate = folder / f"{DEFAULT_MODEL_NAME}.onnx"
+        if candidate.is_file():
+            return candidate
+    raise ModelNotFoundError(
+        f"no default model: {_repo_models_dir() / (DEFAULT_MODEL_NAME + '.onnx')} does not exist. "
+        "Pass a path, set $FASHIONSTREAM_MODEL, or run `fashionstream export` to create one."
+    )
+
+
+def resolve_model_files(path: str | Path | None) -> tuple[Path, Path]:
+    """(onnx file, card file) from an .onnx path, a .card.json path, or None (the default model)."""
+    path = default_model_path() if path is None else Path(path).expanduser()
+    if path.name.endswith(".json"):
+        card_path = path
+        if not card_path.is_file():
+            raise ModelNotFoundError(f"model card {card_path} does not exist")
+        card = json.loads(card_path.read_text())
+        onnx_path = card_path.parent / card.get("onnx_file", card_path.name.replace(".card.json", ".onnx"))
+    else:
+        onnx_path = path
+        card_path = path.with_name(path.name.removesuffix(".onnx") + ".card.json")
+    if not onnx_path.is_file():
+        raise ModelNotFoundError(f"model file {onnx_path} does not exist")
+    if not card_path.is_file():
+        raise ModelNotFoundError(
+            f"model card {card_path} does not exist; export writes it next to the .onnx file "
+            "(it holds class names and input normalisation)"
+        )
+    return onnx_path, card_path
+
+
+def _check_size(width: int, height: int) -> None:
+    if width <= 0 or height <= 0:
+        raise InvalidImageError("bad_shape", f"image is {width}×{height} pixels")
+    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
+        raise InvalidImageError(
+            "too_large", f"image is {width}×{height} pixels; at most {MAX_SIDE} per side and {MAX_PIXELS:,d} in total"
+        )
+
+
+def _open_image(data: bytes) -> Image.Image:
+    """Decode image bytes, checking the header's dimensions before decoding pixels."""
+    if not data:
+        raise InvalidImageError("empty", "no bytes")
+    with warnings.catch_warnings():
+        # Our own limit is stricter than Pillow's decompression-bomb warning; silence the latter.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))  # lazy: reads the header only
+        except UnidentifiedImageError as exc:
+            raise InvalidImageError("not_an_image", f"{len(data)} bytes not recognised as an image format") from exc
+        except Image.DecompressionBombError as exc:
+            raise InvalidImageError("too_large", str(exc)) from exc
+        except (OSError, SyntaxError, ValueError) as exc:  # some plugins raise these on a broken header
+            raise InvalidImageError("truncated", f"cannot read the image header: {exc}") from exc
+        _check_size(*image.size)
+        try:
+            image.load()  # decode now, so that truncation is reported here and not later
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise InvalidImageError(
+                "truncated", f"{image.format} image of {len(data)} bytes cannot be decoded: {exc}"
+            ) from exc
+    return image
+
+
+def _image_to_pixels(image: Image.Image) -> np.ndarray:
+    _check_size(*image.size)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))  # transparent = the black background
+        image = Image.alpha_composite(background, rgba)
+    if image.mode not in ("L",):
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+            array = np.asarray(image, dtype=np.float64)
+            image = Image.fromarray(_to_uint8(array))
+        else:
+            image = image.convert("L")
+    if image.size != (28, 28):
+        image = image.resize((28, 28), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(image, dtype=np.uint8).copy()  # (28, 28)
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise InvalidImageError("bad_shape", "array contains NaN or infinity")
+        if array.size and array.min() >= 0.0 and array.max() <= 1.0:
+            array = array * 255.0
+        return np.clip(np.rint(array), 0, 255).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer):
+        return np.clip(array, 0, 255).astype(np.uint8)
+    raise InvalidImageError("bad_shape", f"array dtype {array.dtype} is not a number type")
+
+
+def _array_to_pixels(array: np.ndarray) -> np.ndarray:
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise InvalidImageError("bad_shape", f"array of shape {array.shape}; expected (H, W) or (H, W, 1|3|4)")
+    height, width = array.shape[:2]
+    _check_size(width, height)
+    pixels = _to_uint8(array)
+    if pixels.shape == (28, 28):
+        return np.ascontiguousarray(pixels)
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    # uint8 (H, W) -> mode L, (H, W, 3) -> RGB, (H, W, 4) -> RGBA
+    return _image_to_pixels(Image.fromarray(np.ascontiguousarray(pixels)))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+class Predictor:
+    """An exported classifier: ONNX Runtime session + model card. Thread-safe for concurrent `predict` calls."""
+
+    def __init__(self, session: Any, card: dict[str, Any], model_id: str) -> None:
+        self._session = session
+        self._card = card
+        self._model_id = model_id
+        spec = card["input"]
+        self._input_name: str = spec["name"]
+        self._mean = float(spec["mean"])
+        self._std = float(spec["std"])
+        self._class_names: tuple[str, ...] = tuple(card["class_names"])
+        self._output_is_logits = card.get("output", {}).get("kind", "logits") == "logits"
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, *, threads: int | None = None) -> Predictor:
+        """Load the .onnx model and its .card.json (either path works; None = the shipped model).
+
+        threads: ONNX Runtime intra-op threads; default min(2, CPU count) — on a 2-core box more
+        threads only contend with the broker client and the batcher.
+        """
+        import onnxruntime as ort
+
+        onnx_path, card_path = resolve_model_files(path)
+        card = json.loads(card_path.read_text())
+        model_bytes = onnx_path.read_bytes()
+        digest = hashlib.sha256(model_bytes).hexdigest()
+        expected = card.get("model_sha256")
+        if expected and expected != digest:
+            raise ValueError(
+                f"{onnx_path} does not match its card {card_path}: SHA-256 {digest[:12]}…, card says {expected[:12]}…; "
+                "re-export the model or restore the matching pair"
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads if threads else min(2, os.cpu_count() or 1)
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
+        name = card.get("name", onnx_path.name.removesuffix(".onnx"))
+        return cls(session, card, f"{name}@{digest[:12]}")
+
+    @property
+    def card(self) -> dict[str, Any]:
+        return self._card
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self._class_names
+
+    @staticmethod
+    def to_pixels(image: bytes | bytearray | np.ndarray | Image.Image, *, raw: bool = False) -> np.ndarray:
+        """Any supported input → uint8 (28, 28) grey pixels (see the module docstring)."""
+        if isinstance(image, bytes | bytearray | memoryview):
+            data = bytes(image)
+            if raw:
+                if len(data) != 28 * 28:
+                    raise InvalidImageError("bad_shape", f"raw pixels must be 784 bytes (28×28), got {len(data)}")
+                return np.frombuffer(data, dtype=np.uint8).reshape(28, 28).copy()
+            return _image_to_pixels(_open_image(data))
+        if isinstance(image, np.ndarray):
+            return _array_to_pixels(image)
+        if isinstance(image, Image.Image):
+            return _image_to_pixels(image)
+        raise InvalidImageError("not_an_image", f"cannot classify a {type(image).__name__}")
+
+    def predict_pixels(self, batch: np.ndarray) -> list[Prediction]:
+        """Classify uint8 pixels of shape (N, 28, 28)."""
+        if (
+            not isinstance(batch, np.ndarray)
+            or batch.dtype != np.uint8
+            or batch.ndim != 3
+            or batch.shape[1:] != (28, 28)
+        ):
+            shape = getattr(batch, "shape", None)
+            raise InvalidImageError(
+                "bad_shape", f"expected uint8 (N, 28, 28), got {getattr(batch, 'dtype', type(batch))} {shape}"
+            )
+        probs = self.probabilities(batch)  # (N, C)
+        labels = probs.argmax(axis=1)
+        return [
+            Prediction(int(k), self._class_names[k], float(p[k]), tuple(float(v) for v in p))
+            for k, p in zip(labels, probs, strict=True)
+        ]
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 (N, 28, 28) → float32 class probabilities (N, C)."""
+        out = []
+        for start in range(0, len(batch), _CHUNK):
+            chunk = batch[start : start + _CHUNK]
+            x = (chunk.astype(np.float32) / 255.0 - self._mean) / self._std  # (n, 28, 28)
+            (scores,) = self._session.run(None, {self._input_name: x[:, None, :, :]})  # (n, C)
+            out.append(_softmax(scores) if self._output_is_logits else scores)
+        if not out:
+            return np.zeros((0, len(self._class_names)), dtype=np.float32)
+        return np.concatenate(out).astype(np.float32)
+
+    def predict(self, image: bytes | np.ndarray | Image.Image, *, raw: bool = False) -> Prediction:
+        return self.predict_pixels(self.to_pixels(image, raw=raw)[None])[0]
+
+    def predict_batch(self, images: Iterable[bytes | np.ndarray | Image.Image] | Sequence[Any]) -> list[Prediction]:
+        """Classify several images; the first invalid one raises InvalidImageError."""
+        pixels = [self.to_pixels(image) for image in images]
+        if not pixels:
+            return []
+        return self.predict_pixels(np.stack(pixels))
