@@ -240,8 +240,13 @@ def decode_request(
         if content_type == JSON:
             legacy = _decode_legacy(data)
             return Request(
-                rid, legacy.image, PNG, _expected_label(attributes), ce_get(attributes, "time"),
-                ce_get(attributes, "source"), legacy_json=True,
+                rid,
+                legacy.image,
+                PNG,
+                _expected_label(attributes),
+                ce_get(attributes, "time"),
+                ce_get(attributes, "source"),
+                legacy_json=True,
             )
         if content_type and content_type not in ACCEPTED_IMAGE_TYPES:
             raise InvalidRequest(
@@ -249,7 +254,11 @@ def decode_request(
                 f"content type {content_type!r} is not one of {', '.join(ACCEPTED_IMAGE_TYPES)}",
             )
         return Request(
-            rid, data, content_type or PNG, _expected_label(attributes), ce_get(attributes, "time"),
+            rid,
+            data,
+            content_type or PNG,
+            _expected_label(attributes),
+            ce_get(attributes, "time"),
             ce_get(attributes, "source"),
         )
     if not data:
@@ -263,7 +272,7 @@ def _decode_legacy(data: bytes, expected_label: int | None = None) -> Request:
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InvalidRequest(
             Reason.BAD_JSON,
-            f"no CloudEvents attributes and the body is not the JSON {{\"id\", \"image\"}} form: {error}",
+            f'no CloudEvents attributes and the body is not the JSON {{"id", "image"}} form: {error}',
         ) from error
     if not isinstance(doc, dict) or "image" not in doc or "id" not in doc:
         raise InvalidRequest(Reason.BAD_JSON, 'the JSON body must be an object with "id" and "image" (base64 PNG)')
@@ -279,8 +288,9 @@ def _decode_legacy(data: bytes, expected_label: int | None = None) -> Request:
     label = expected_label
     if label is None and isinstance(doc.get("expected_label"), int) and 0 <= doc["expected_label"] <= 9:
         label = doc["expected_label"]
-    return Request(rid, image, PNG, label, doc.get("time") if isinstance(doc.get("time"), str) else None,
-                   legacy_json=True)
+    return Request(
+        rid, image, PNG, label, doc.get("time") if isinstance(doc.get("time"), str) else None, legacy_json=True
+    )
 
 
 def fallback_id(data: bytes, attributes: Mapping[str, str], key: str | None, message_id: str) -> str:

@@ -1,0 +1,158 @@
+"""The producer: Fashion-MNIST test images or image files -> the `images` topic.
+
+Each image gets a fresh unique id (the Kafka key and CloudEvents id), and the
+true label as `expected_label` when it is known (the test split), so that the
+consumer can score the model live.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from fashionstream.pipeline import contract
+from fashionstream.pipeline.contract import Flavour
+
+IMAGE_SUFFIXES = {".png": contract.PNG, ".jpg": contract.JPEG, ".jpeg": contract.JPEG}
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    data: bytes
+    content_type: str
+    expected_label: int | None = None
+    name: str = ""
+
+
+def png_bytes(pixels: npt.NDArray[np.uint8]) -> bytes:
+    """(28, 28) uint8 grey pixels as a PNG file."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_images(count: int | None = None, offset: int = 0) -> Iterator[SourceImage]:
+    """The Fashion-MNIST test split as PNGs with their labels (10,000 at most)."""
+    from fashionstream.classifier.fashion_mnist_files import load_split
+
+    images, labels = load_split("test")
+    stop = len(images) if count is None else min(len(images), offset + count)
+    for index in range(offset, stop):
+        yield SourceImage(png_bytes(images[index]), contract.PNG, int(labels[index]), f"test[{index}]")
+
+
+def file_images(paths: Sequence[str | Path]) -> Iterator[SourceImage]:
+    """Image files, and the image files directly inside any directory given (sorted)."""
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise FileNotFoundError(f"{path}: no .png/.jpg/.jpeg files in this directory")
+        elif path.is_file():
+            files = [path]
+        else:
+            raise FileNotFoundError(f"{path}: no such file or directory")
+        for file in files:
+            yield SourceImage(file.read_bytes(), IMAGE_SUFFIXES.get(file.suffix.lower(), contract.PNG), None, str(file))
+
+
+def sources(spec: Sequence[str], count: int | None) -> Iterator[SourceImage]:
+    """`["test"]` -> the test split; anything else -> files/directories. Cycles files up to `count`."""
+    if list(spec) == ["test"]:
+        yield from test_images(count)
+        return
+    produced = 0
+    while count is None or produced < count:
+        before = produced
+        for image in file_images(spec):
+            if count is not None and produced >= count:
+                return
+            yield image
+            produced += 1
+        if count is None or produced == before:
+            return
+
+
+@dataclass
+class ProduceSummary:
+    sent: int = 0
+    confirmed: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    ids: list[str] = field(default_factory=list)
+    expected: dict[str, int] = field(default_factory=dict)
+    # When each request was handed to the publisher: the latency origin for formats without a `time`.
+    sent_at: dict[str, datetime] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.confirmed / self.seconds if self.seconds > 0 else 0.0
+
+
+def encode(image: SourceImage, flavour: Flavour, fmt: str, request_id: str | None = None) -> contract.EncodedMessage:
+    if fmt == "seed-json":
+        return contract.encode_legacy_request(image.data, request_id)
+    return contract.encode_request(
+        image.data,
+        flavour,
+        request_id=request_id,
+        content_type=image.content_type,
+        expected_label=image.expected_label,
+    )
+
+
+def produce(
+    publisher: Any,
+    images: Iterable[SourceImage],
+    flavour: Flavour,
+    *,
+    fmt: str = "cloudevents",
+    rate: float | None = None,
+    progress: Any | None = None,
+    flush_timeout: float = 60.0,
+    summary: ProduceSummary | None = None,
+) -> ProduceSummary:
+    """Send every image; wait until the broker confirmed them all (or `flush_timeout`).
+
+    Pass `summary` to watch it fill while sending (the demo's consumer reads `expected`/`sent_at` live).
+    """
+    summary = summary if summary is not None else ProduceSummary()
+    futures: list[Future[str]] = []
+    started = time.perf_counter()
+    for index, image in enumerate(images):
+        if rate:
+            # Pace against the start time, not per message, so slow sends do not accumulate drift.
+            delay = started + index / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        encoded = encode(image, flavour, fmt)
+        assert encoded.key is not None
+        # Recorded before sending so a fast answer never arrives before its bookkeeping.
+        summary.ids.append(encoded.key)
+        summary.sent_at[encoded.key] = datetime.now(UTC)
+        if image.expected_label is not None:
+            summary.expected[encoded.key] = image.expected_label
+        futures.append(publisher.send(encoded.data, encoded.attributes, key=encoded.key))
+        summary.sent += 1
+        if progress is not None:
+            progress.update(1)
+    publisher.flush(flush_timeout)
+    for future in futures:
+        try:
+            future.result(timeout=max(0.1, flush_timeout - (time.perf_counter() - started)))
+            summary.confirmed += 1
+        except Exception:  # noqa: BLE001 - counted and reported, the rest still count
+            summary.failed += 1
+    summary.seconds = time.perf_counter() - started
+    return summary

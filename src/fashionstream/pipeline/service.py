@@ -1,0 +1,330 @@
+"""The model service: `images` -> micro-batched inference -> `predictions` (or `images.dlq`).
+
+One thread runs the loop: receive what fits in the open batch, wait at most
+until that batch is due, classify, publish. Delivery is at-least-once by
+construction: an input is acked only after the broker has confirmed its
+prediction or dead letter (the publish future resolved). If publishing fails the
+input is nacked and comes back; if the process dies, unacked inputs come back to
+another instance. A restarted service may therefore answer a request twice; the
+duplicate carries the same id and CloudEvents id, so consumers can drop it.
+
+Hostile inputs never stop the loop: anything that cannot be decoded goes to the
+dead-letter topic with a reason, and a batch that fails in the model is bisected
+until the failing input is alone (`BatchInference`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from fashionstream.pipeline import contract
+from fashionstream.pipeline.batcher import Failed, MicroBatcher
+from fashionstream.pipeline.contract import InvalidRequest, Prediction, Reason, Request
+from fashionstream.pipeline.metrics import Health, ServiceMetrics
+from fashionstream.pipeline.model import Pixels, ServingModel
+from fashionstream.pipeline.topology import Topology
+
+log = logging.getLogger("fashionstream.serve")
+
+
+class InboundMessage(Protocol):
+    """The part of `fashionstream.pubsub.Message` the service uses."""
+
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def attributes(self) -> dict[str, str]: ...
+    @property
+    def key(self) -> str | None: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def delivery_attempt(self) -> int | None: ...
+    def ack(self) -> None: ...
+    def nack(self) -> None: ...
+
+
+class Sender(Protocol):
+    def send(self, data: bytes, attributes: dict[str, str] | None = None, key: str | None = None) -> Future[str]: ...
+    def flush(self, timeout: float | None = None) -> Any: ...
+    def close(self) -> None: ...
+
+
+class Receiver(Protocol):
+    def receive_batch(self, max_messages: int, timeout: float) -> list[Any]: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class ServiceConfig:
+    """Every `fashionstream serve` option (each also settable as FASHIONSTREAM_<NAME>)."""
+
+    broker: str = "mem://"
+    images_topic: str = "images"
+    predictions_topic: str = "predictions"
+    dead_letter_topic: str = "images.dlq"
+    subscription: str = "model-service"
+    max_batch_size: int = 64
+    max_wait_ms: float = 20.0
+    max_message_bytes: int = contract.DEFAULT_MAX_MESSAGE_BYTES
+    # Publishes in flight before the loop stops pulling and waits for confirmations (backpressure).
+    max_in_flight: int = 512
+    poll_timeout_s: float = 0.1  # longest receive wait; bounds how fast a stop signal is noticed
+    shutdown_timeout_s: float = 4.0  # the issue's "exit within 5 s" with a margin for closing clients
+    publish_timeout_s: float = 30.0
+    create_topics: bool = False
+
+    def topology(self) -> Topology:
+        return Topology(
+            self.broker,
+            images=self.images_topic,
+            predictions=self.predictions_topic,
+            dead_letters=self.dead_letter_topic,
+            service_subscription=self.subscription,
+        )
+
+
+@dataclass
+class _Pending:
+    """An input whose answer is being published; acked once `future` resolves."""
+
+    message: InboundMessage
+    future: Future[str]
+    kind: str  # "prediction" or a dead-letter reason
+    request_time: datetime | None
+
+
+@dataclass
+class _Item:
+    message: InboundMessage
+    request: Request
+    pixels: Pixels
+
+
+@dataclass
+class ServiceStats:
+    received: int = 0
+    predicted: int = 0
+    dead_lettered: dict[str, int] = field(default_factory=dict)
+    acked: int = 0
+    nacked: int = 0
+    duplicates: int = 0
+
+
+class ModelService:
+    """Runs the pipeline loop over already-open clients (the CLI and the demo open them)."""
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        model: ServingModel,
+        subscriber: Receiver,
+        predictions: Sender,
+        dead_letters: Sender,
+        *,
+        metrics: ServiceMetrics | None = None,
+        health: Health | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.model = model
+        self.subscriber = subscriber
+        self.predictions = predictions
+        self.dead_letters = dead_letters
+        self.metrics = metrics or ServiceMetrics()
+        self.health = health or Health()
+        self.health.detail = {"model": model.model_id}
+        self.flavour = config.topology().flavour
+        self.stats = ServiceStats()
+        self._batcher: MicroBatcher[_Item] = MicroBatcher(config.max_batch_size, config.max_wait_ms, clock)
+        self._pending: deque[_Pending] = deque()
+        # Ids answered recently, to count (not suppress) duplicates: at-least-once means re-answering is correct.
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen_cap = 200_000
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self, stop: threading.Event) -> ServiceStats:
+        """Serve until `stop` is set, then finish the in-flight batch, ack what was confirmed, return."""
+        self.health.started = True
+        log.info(
+            "serving",
+            extra={
+                "model": self.model.model_id,
+                "broker": self.config.broker,
+                "batch": self.config.max_batch_size,
+                "wait_ms": self.config.max_wait_ms,
+            },
+        )
+        backoff = 0.0
+        while not stop.is_set():
+            self.health.beat()
+            due_in = self._batcher.time_until_due()
+            timeout = self.config.poll_timeout_s if due_in is None else min(due_in, self.config.poll_timeout_s)
+            try:
+                messages = self.subscriber.receive_batch(max_messages=self._batcher.room, timeout=timeout)
+                backoff = 0.0
+            except Exception as error:  # noqa: BLE001 - a broker hiccup must not kill the service
+                backoff = min(max(backoff * 2, 0.1), 2.0)
+                log.warning("receive failed, retrying in %.1fs: %s", backoff, error)
+                stop.wait(backoff)
+                continue
+            for message in messages:
+                full = self._accept(message)
+                if full:
+                    self._process(full)
+            due = self._batcher.take_due()
+            if due:
+                self._process(due)
+            self._reap(block=len(self._pending) > self.config.max_in_flight)
+        self._shutdown()
+        return self.stats
+
+    def _shutdown(self) -> None:
+        """Stop pulling (the caller did), finish and publish the open batch, ack what the broker confirms."""
+        self.health.stopping = True
+        deadline = time.monotonic() + self.config.shutdown_timeout_s
+        last = self._batcher.flush()
+        if last:
+            self._process(last)
+        for sender in (self.predictions, self.dead_letters):
+            try:
+                sender.flush(max(0.1, deadline - time.monotonic()))
+            except Exception as error:  # noqa: BLE001 - unconfirmed inputs are simply not acked
+                log.warning("flush failed during shutdown: %s", error)
+        while self._pending and time.monotonic() < deadline:
+            self._reap(block=True, timeout=max(0.01, deadline - time.monotonic()))
+        if self._pending:
+            # Not acked -> the broker redelivers them to the next instance: late, never lost.
+            log.warning("%d answers unconfirmed at shutdown; their requests will be redelivered", len(self._pending))
+        log.info("stopped", extra={"received": self.stats.received, "acked": self.stats.acked})
+
+    # ------------------------------------------------------------------ steps
+
+    def _accept(self, message: InboundMessage) -> list[_Item] | None:
+        self.stats.received += 1
+        self.metrics.messages_in.inc()
+        self.metrics.in_flight.inc()
+        if (message.delivery_attempt or 1) > 1:
+            self.metrics.redelivered.inc()
+        try:
+            request = contract.decode_request(
+                message.data, message.attributes, max_message_bytes=self.config.max_message_bytes
+            )
+            pixels = self.model.decode(request)
+        except InvalidRequest as error:
+            self._dead_letter(message, error.reason, error.detail)
+            return None
+        except Exception as error:  # noqa: BLE001 - an unforeseen decoder failure is still a bad input
+            self._dead_letter(message, Reason.NOT_AN_IMAGE, f"{type(error).__name__}: {error}")
+            return None
+        self._note_id(request.id)
+        return self._batcher.add(_Item(message, request, pixels))
+
+    def _note_id(self, request_id: str) -> None:
+        if request_id in self._seen:
+            self.stats.duplicates += 1
+            self.metrics.duplicates.inc()
+            self._seen.move_to_end(request_id)
+            return
+        self._seen[request_id] = None
+        if len(self._seen) > self._seen_cap:
+            self._seen.popitem(last=False)
+
+    def _process(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        outcomes = self.model.classify([item.pixels for item in batch])
+        self.metrics.inference_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(len(batch))
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, Failed):
+                log.warning("model failed on request %s alone: %s", item.request.id, outcome.detail)
+                self._dead_letter(item.message, Reason.MODEL_ERROR, outcome.detail)
+                continue
+            prediction = Prediction(
+                id=item.request.id,
+                label=outcome.label,
+                class_name=outcome.class_name,
+                confidence=outcome.confidence,
+                probabilities=outcome.probabilities,
+                model=self.model.model_id,
+                expected_label=item.request.expected_label,
+                request_time=item.request.time,
+            )
+            encoded = contract.encode_prediction(prediction, self.flavour)
+            future = self._send(self.predictions, encoded)
+            self._pending.append(_Pending(item.message, future, "prediction", contract.parse_time(item.request.time)))
+
+    def _dead_letter(self, message: InboundMessage, reason: str, detail: str) -> None:
+        log.info("dead letter", extra={"reason": str(reason), "detail": detail[:200], "message_id": message.id})
+        encoded = contract.encode_dead_letter(
+            message.data,
+            message.attributes,
+            message.key,
+            str(reason),
+            detail,
+            max_body_bytes=self.config.max_message_bytes,
+        )
+        future = self._send(self.dead_letters, encoded)
+        self._pending.append(_Pending(message, future, str(reason), None))
+
+    def _send(self, sender: Sender, encoded: contract.EncodedMessage) -> Future[str]:
+        try:
+            return sender.send(encoded.data, encoded.attributes, key=encoded.key)
+        except Exception as error:  # noqa: BLE001 - turn a synchronous send failure into a failed future
+            failed: Future[str] = Future()
+            failed.set_exception(error)
+            return failed
+
+    def _reap(self, *, block: bool, timeout: float | None = None) -> None:
+        """Ack inputs whose answers are confirmed; nack those whose publish failed.
+
+        Runs on the loop's thread so acks never race the subscriber. With `block`,
+        first waits for the oldest pending answer (backpressure / shutdown).
+        """
+        if block and self._pending:
+            with contextlib.suppress(FutureTimeout):
+                self._pending[0].future.exception(timeout=timeout or self.config.publish_timeout_s)
+        still: deque[_Pending] = deque()
+        for pending in self._pending:
+            if not pending.future.done():
+                still.append(pending)
+                continue
+            self.metrics.in_flight.dec()
+            error = pending.future.exception()
+            if error is not None:
+                log.warning("publish failed (%s); request will be redelivered: %s", pending.kind, error)
+                self._settle(pending.message.nack)
+                self.stats.nacked += 1
+                self.metrics.nacked.inc()
+                continue
+            self._settle(pending.message.ack)
+            self.stats.acked += 1
+            self.metrics.acked.inc()
+            if pending.kind == "prediction":
+                self.stats.predicted += 1
+                self.metrics.messages_out.inc()
+                if pending.request_time is not None:
+                    latency = (datetime.now(UTC) - pending.request_time).total_seconds()
+                    self.metrics.latency_seconds.observe(max(0.0, latency))
+            else:
+                self.stats.dead_lettered[pending.kind] = self.stats.dead_lettered.get(pending.kind, 0) + 1
+                self.metrics.dead_lettered.labels(reason=pending.kind).inc()
+        self._pending = still
+
+    @staticmethod
+    def _settle(action: Callable[[], None]) -> None:
+        try:
+            action()
+        except Exception as error:  # noqa: BLE001 - a failed ack means a redelivery, never a crash
+            log.warning("ack/nack failed; the broker will redeliver: %s", error)
