@@ -1,0 +1,240 @@
+"""Driver-level tests of the Kafka backend against a real broker (`scripts/services start`).
+
+The portable conformance suite covers the behaviour users see; these tests pin down what only the
+Kafka driver does: committing offsets strictly behind unacked messages, rewinding on nack, failing
+fast on missing topics and unreachable brokers, and the bookkeeping itself (`_PartitionOffsets`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from fashionstream.pubsub import errors
+from fashionstream.pubsub.driver import ErrorCode, IncomingMessage, OutgoingMessage, ParsedURL
+from fashionstream.pubsub.drivers import kafka
+from fashionstream.pubsub.urls import parse_url
+
+
+@pytest.fixture
+def bootstrap(request: pytest.FixtureRequest) -> str:
+    """The broker address: the shared `kafka_bootstrap` fixture when conftest has it, else the environment."""
+    try:
+        return str(request.getfixturevalue("kafka_bootstrap"))
+    except pytest.FixtureLookupError:
+        address = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        if not address:
+            pytest.fail(
+                "KAFKA_BOOTSTRAP_SERVERS is not set; run `scripts/services start` and `eval $(scripts/services env)`"
+            )
+        return address
+
+
+@pytest.fixture
+def admin(bootstrap: str) -> Iterator[kafka.KafkaAdminDriver]:
+    driver = kafka.open_admin_driver(parse_url(f"kafka://{bootstrap}"), {})
+    yield driver
+    driver.close()
+
+
+@pytest.fixture
+def topic(admin: kafka.KafkaAdminDriver) -> Iterator[str]:
+    name = f"test-kafka-driver-{uuid.uuid4().hex[:10]}"
+    assert admin.create_topic(name, partitions=1) is True
+    yield name
+    admin.delete_topic(name)
+
+
+def _url(bootstrap: str, topic: str, group: str | None = None) -> ParsedURL:
+    return parse_url(f"kafka://{bootstrap}/{topic}" + (f"?group={group}" if group else ""))
+
+
+def _receive(sub: kafka.KafkaSubscriptionDriver, count: int, timeout: float = 30.0) -> list[IncomingMessage]:
+    """Exactly `count` messages, or fail after `timeout` (joining a group takes a few seconds)."""
+    got: list[IncomingMessage] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        got += sub.receive_batch(count - len(got), 0.5)
+    assert len(got) == count, f"received {len(got)} of {count} messages"
+    return got
+
+
+def _send(bootstrap: str, topic: str, bodies: list[bytes]) -> list[str]:
+    pub = kafka.open_topic_driver(_url(bootstrap, topic), {})
+    try:
+        return pub.send_batch([OutgoingMessage(data=b) for b in bodies], 30.0)
+    finally:
+        pub.close()
+
+
+pytestmark = pytest.mark.kafka
+
+
+def test_round_trip_keeps_body_key_attributes_and_ids(bootstrap: str, topic: str) -> None:
+    pub = kafka.open_topic_driver(_url(bootstrap, topic), {"linger.ms": 1})
+    big = bytes(range(256)) * 4096  # 1 MiB, every byte value
+    ids = pub.send_batch(
+        [
+            OutgoingMessage(data=b"\xff\x00\xfe not utf-8", attributes={"k": "välue ✓", "empty": ""}, key="kéy"),
+            OutgoingMessage(data=big),
+        ],
+        30.0,
+    )
+    pub.close()
+    assert ids == [f"{topic}/0/0", f"{topic}/0/1"]
+    sub = kafka.open_subscription_driver(_url(bootstrap, topic, "g-roundtrip"), {})
+    try:
+        first, second = _receive(sub, 2)
+        assert (first.data, first.attributes, first.key, first.id) == (
+            b"\xff\x00\xfe not utf-8",
+            {"k": "välue ✓", "empty": ""},
+            "kéy",
+            f"{topic}/0/0",
+        )
+        assert second.data == big and second.key is None and second.attributes == {}
+        assert first.publish_time is not None and first.publish_time.tzinfo is not None
+        assert first.delivery_attempt is None
+        sub.send_acks([first.ack_id, second.ack_id])
+    finally:
+        sub.close()
+
+
+def test_acked_messages_behind_an_unacked_one_are_not_committed(bootstrap: str, topic: str) -> None:
+    _send(bootstrap, topic, [b"m0", b"m1", b"m2"])
+    url = _url(bootstrap, topic, "g-commit")
+
+    sub = kafka.open_subscription_driver(url, {})
+    m0, m1, m2 = _receive(sub, 3)
+    sub.send_acks([m1.ack_id, m2.ack_id])  # m0 stays unacked: nothing may be committed
+    sub.close()
+
+    sub = kafka.open_subscription_driver(url, {})
+    again = _receive(sub, 3)
+    assert [m.data for m in again] == [b"m0", b"m1", b"m2"]
+    sub.send_acks([m.ack_id for m in again])
+    sub.close()
+
+    # Everything acked: a new member of the group starts after m2.
+    _send(bootstrap, topic, [b"m3"])
+    sub = kafka.open_subscription_driver(url, {})
+    try:
+        (m3,) = _receive(sub, 1)
+        assert m3.data == b"m3"
+        sub.send_acks([m3.ack_id])
+    finally:
+        sub.close()
+
+
+def test_commit_advances_to_the_first_unacked_message(bootstrap: str, topic: str) -> None:
+    _send(bootstrap, topic, [b"a", b"b", b"c", b"d"])
+    url = _url(bootstrap, topic, "g-partial")
+    sub = kafka.open_subscription_driver(url, {})
+    a, b, c, d = _receive(sub, 4)
+    sub.send_acks([a.ack_id, b.ack_id, d.ack_id])  # commit position 2: c is the first unacked
+    sub.close()
+    sub = kafka.open_subscription_driver(url, {})
+    try:
+        assert [m.data for m in _receive(sub, 2)] == [b"c", b"d"]
+    finally:
+        sub.close()
+
+
+def test_nack_rewinds_the_partition_to_the_nacked_message(bootstrap: str, topic: str) -> None:
+    _send(bootstrap, topic, [b"x0", b"x1", b"x2"])
+    sub = kafka.open_subscription_driver(_url(bootstrap, topic, "g-nack"), {})
+    try:
+        x0, x1, x2 = _receive(sub, 3)
+        sub.send_acks([x0.ack_id])
+        sub.send_nacks([x1.ack_id])
+        again = _receive(sub, 2)
+        # Redelivery starts at the nacked offset; what followed it comes again too.
+        assert [m.data for m in again] == [b"x1", b"x2"]
+        assert again[0].id == x1.id
+        sub.send_acks([m.ack_id for m in again])
+        sub.send_acks([x2.ack_id])  # an ack of a rewound delivery is harmless
+    finally:
+        sub.close()
+
+
+def test_missing_topic_is_not_found_for_topic_and_subscription(bootstrap: str) -> None:
+    missing = f"missing-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(errors.NotFound, match=missing):
+        kafka.open_topic_driver(_url(bootstrap, missing), {})
+    with pytest.raises(errors.NotFound, match=missing):
+        kafka.open_subscription_driver(_url(bootstrap, missing, "g"), {})
+
+
+def test_unreachable_broker_is_unavailable_naming_the_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kafka, "METADATA_TIMEOUT_S", 1.0)
+    with pytest.raises(errors.Unavailable, match=r"127\.0\.0\.1:1\b"):
+        kafka.open_topic_driver(parse_url("kafka://127.0.0.1:1/images"), {})
+
+
+def test_too_large_message_is_invalid_argument_and_not_retryable(bootstrap: str, topic: str) -> None:
+    pub = kafka.open_topic_driver(_url(bootstrap, topic), {})
+    try:
+        with pytest.raises(Exception) as caught:
+            pub.send_batch([OutgoingMessage(data=b"x" * (kafka.MAX_MESSAGE_BYTES + 1))], 10.0)
+        assert pub.error_code(caught.value) is ErrorCode.INVALID_ARGUMENT
+        assert pub.is_retryable(caught.value) is False
+    finally:
+        pub.close()
+
+
+def test_options_that_would_break_at_least_once_are_refused(bootstrap: str, topic: str) -> None:
+    with pytest.raises(errors.InvalidArgument, match="enable.auto.commit"):
+        kafka.open_subscription_driver(_url(bootstrap, topic, "g"), {"enable.auto.commit": True})
+    with pytest.raises(errors.InvalidArgument, match="bootstrap.servers"):
+        kafka.open_topic_driver(_url(bootstrap, topic), {"bootstrap.servers": "elsewhere:9092"})
+    with pytest.raises(errors.InvalidArgument, match="no consumer group"):
+        kafka.open_subscription_driver(_url(bootstrap, topic), {})
+
+
+def test_bad_native_option_is_invalid_argument_without_the_secret(bootstrap: str, topic: str) -> None:
+    with pytest.raises(errors.InvalidArgument) as caught:
+        kafka.open_topic_driver(_url(bootstrap, topic), {"sasl.password": "hunter2", "no.such.property": "1"})
+    assert "no.such.property" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_admin_create_is_idempotent_and_subscription_checks_the_topic(
+    admin: kafka.KafkaAdminDriver, topic: str
+) -> None:
+    assert admin.create_topic(topic) is False  # exists already
+    assert admin.create_subscription("fresh-group", topic=topic) is True
+    with pytest.raises(errors.NotFound, match="nope-"):
+        admin.create_subscription("g", topic=f"nope-{uuid.uuid4().hex[:6]}")
+    with pytest.raises(errors.NotFound):
+        admin.delete_topic(f"nope-{uuid.uuid4().hex[:6]}")
+
+
+# ---------------------------------------------------------------- bookkeeping without a broker
+
+
+def test_partition_offsets_commit_only_the_contiguous_acked_prefix() -> None:
+    state = kafka._PartitionOffsets()
+    for offset in (5, 6, 8, 9):  # 7 is a gap (e.g. a transaction marker): never delivered
+        state.deliver(offset)
+    assert state.ack(6) is False and state.pending_commit() is None
+    assert state.ack(6) is False  # double ack changes nothing
+    assert state.ack(5) is True and state.pending_commit() == 7
+    state.committed = 7
+    assert state.ack(9) is False and state.pending_commit() is None
+    assert state.ack(8) is True and state.pending_commit() == 10
+
+
+def test_partition_offsets_rewind_forgets_later_deliveries() -> None:
+    state = kafka._PartitionOffsets()
+    for offset in range(4):
+        state.deliver(offset)
+    state.ack(2)
+    state.rewind(1)
+    assert list(state.delivered) == [0] and state.outstanding == {0} and not state.acked
+    assert state.ack(2) is False  # a stale ack of a rewound delivery
+    state.deliver(1)
+    assert state.ack(0) is True and state.pending_commit() == 1
+    assert state.ack(1) is True and state.pending_commit() == 2
