@@ -9,7 +9,8 @@ Inputs and how they are converted to the model's 28×28 grey pixels (`to_pixels`
 
 - encoded image bytes (PNG, JPEG, anything Pillow reads) or a `PIL.Image.Image` of any size or
   mode: alpha is composited onto black, colour converted to grey (ITU-R 601 luma), and the image
-  resized to 28×28 with a box/bilinear filter *without* keeping the aspect ratio;
+  resized to 28×28 *without* keeping the aspect ratio (area averaging when shrinking,
+  bilinear when enlarging);
 - raw pixels: `bytes` of length 784 with ``raw=True`` (row-major uint8), or a numpy array of shape
   (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); uint8 is taken as is, float arrays with values in
   [0, 1] are scaled by 255, other float/integer arrays are clipped to [0, 255];
@@ -153,7 +154,10 @@ def _image_to_pixels(image: Image.Image) -> np.ndarray:
         else:
             image = image.convert("L")
     if image.size != (28, 28):
-        image = image.resize((28, 28), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        # Shrinking: BOX averages every source pixel into its target (no aliasing, exact for integer
+        # factors); enlarging a small image: bilinear.
+        shrinking = image.size[0] >= 28 and image.size[1] >= 28
+        image = image.resize((28, 28), Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8).copy()  # (28, 28)
 
 
