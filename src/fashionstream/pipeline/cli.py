@@ -19,7 +19,12 @@ from collections.abc import Mapping
 from types import FrameType
 
 from fashionstream.pipeline import contract
-from fashionstream.pipeline.options import add_logging_options, apply_env_defaults, configure_logging
+from fashionstream.pipeline.options import (
+    add_logging_options,
+    apply_env_defaults,
+    configure_logging,
+    parse_client_options,
+)
 from fashionstream.pipeline.topology import (
     CONSUMER_SUBSCRIPTION,
     DEAD_LETTERS,
@@ -59,6 +64,24 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     apply_env_defaults(parser)
     return parser.parse_args(argv)
+
+
+def _add_client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--subscriber-option",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="option for open_subscription, repeatable: portable (ack_deadline=60) or native "
+        "(session.timeout.ms=6000, sasl.mechanism=PLAIN ...)",
+    )
+    p.add_argument(
+        "--publisher-option",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="option for open_topic, repeatable: portable (linger=0.01) or native (compression.type=lz4 ...)",
+    )
 
 
 # --------------------------------------------------------------------------- serve
@@ -103,6 +126,7 @@ def serve_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="create the images, predictions and dead-letter topics and the subscription if missing",
     )
+    _add_client_options(p)
     add_logging_options(p)
     return p
 
@@ -113,6 +137,11 @@ def serve_main(argv: list[str]) -> int:
     if not args.broker:
         parser.error("--broker (or FASHIONSTREAM_BROKER) is required, e.g. --broker kafka://127.0.0.1:9092")
     configure_logging(args.log_format, args.log_level)
+    try:
+        subscriber_options = parse_client_options(args.subscriber_option)
+        publisher_options = parse_client_options(args.publisher_option)
+    except ValueError as error:
+        parser.error(str(error))
 
     from fashionstream.pipeline.metrics import Health, MetricsServer, ServiceMetrics
     from fashionstream.pipeline.model import PredictorModel
@@ -160,9 +189,9 @@ def serve_main(argv: list[str]) -> int:
     log.info("metrics listening", extra={"port": server.port})
     try:
         with (
-            open_subscription(topology.images_subscription_url) as subscriber,
-            open_topic(topology.topic(config.predictions_topic)) as predictions,
-            open_topic(topology.topic(config.dead_letter_topic)) as dead_letters,
+            open_subscription(topology.images_subscription_url, **subscriber_options) as subscriber,
+            open_topic(topology.topic(config.predictions_topic), **publisher_options) as predictions,
+            open_topic(topology.topic(config.dead_letter_topic), **publisher_options) as dead_letters,
         ):
             service = ModelService(config, model, subscriber, predictions, dead_letters, metrics=metrics, health=health)
             stats = service.run(stop)

@@ -8,6 +8,7 @@ subscriptions unique to the run, so old messages from earlier runs do not count.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -20,7 +21,7 @@ from fashionstream.pipeline import contract
 from fashionstream.pipeline.consumer import Tally, read_predictions
 from fashionstream.pipeline.metrics import ServiceMetrics
 from fashionstream.pipeline.model import PredictorModel, ServingModel
-from fashionstream.pipeline.producer import ProduceSummary, produce, test_images
+from fashionstream.pipeline.producer import ProduceSummary, labelled_test_images, produce
 from fashionstream.pipeline.service import ModelService, ServiceConfig
 from fashionstream.pipeline.topology import Topology
 
@@ -74,12 +75,18 @@ def run_demo(
     timeout: float = 120.0,
     progress: Any | None = None,
     metrics: ServiceMetrics | None = None,
+    topology: Topology | None = None,
+    subscriber_options: dict[str, object] | None = None,
 ) -> DemoResult:
+    """Run the demo; `topology` overrides the standard topic names (tests use unique ones)."""
     from fashionstream.pubsub import open_subscription, open_topic
 
     run_id = uuid.uuid4().hex[:8]
-    topology = Topology(broker, consumer_subscription=f"demo-predictions-{run_id}")
-    dlq_subscription = f"demo-dlq-{run_id}"
+    base = topology or Topology(broker)
+    broker = base.broker
+    topology = dataclasses.replace(base, consumer_subscription=f"{base.consumer_subscription}-demo-{run_id}")
+    sub_options = subscriber_options or {}
+    dlq_subscription = f"{topology.dead_letters.replace('.', '-')}-demo-{run_id}"
     topology.create(
         subscriptions=(
             (topology.images, topology.service_subscription),
@@ -88,16 +95,24 @@ def run_demo(
         )
     )
     serving = model or PredictorModel(model_path)
-    config = ServiceConfig(broker=broker, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
+    config = ServiceConfig(
+        broker=broker,
+        images_topic=topology.images,
+        predictions_topic=topology.predictions,
+        dead_letter_topic=topology.dead_letters,
+        subscription=topology.service_subscription,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+    )
     stop = threading.Event()
-    images = list(test_images(count))  # encode PNGs before the clock starts: the demo times the pipeline
+    images = list(labelled_test_images(count))  # encode PNGs before the clock starts: the demo times the pipeline
 
     with (
-        open_subscription(topology.images_subscription_url) as service_in,
+        open_subscription(topology.images_subscription_url, **sub_options) as service_in,
         open_topic(topology.topic(topology.predictions)) as predictions_out,
         open_topic(topology.topic(topology.dead_letters)) as dead_out,
-        open_subscription(topology.predictions_subscription_url) as predictions_in,
-        open_subscription(topology.subscription(topology.dead_letters, dlq_subscription)) as dead_in,
+        open_subscription(topology.predictions_subscription_url, **sub_options) as predictions_in,
+        open_subscription(topology.subscription(topology.dead_letters, dlq_subscription), **sub_options) as dead_in,
         open_topic(topology.topic(topology.images)) as images_out,
     ):
         service = ModelService(config, serving, service_in, predictions_out, dead_out, metrics=metrics)
@@ -139,6 +154,9 @@ def run_demo(
         stop.set()
         worker.join(timeout=10)
 
+    _delete_quietly(
+        topology.predictions_subscription_url, topology.subscription(topology.dead_letters, dlq_subscription)
+    )
     summary = summary_box.get("summary")
     sent_ids = set(summary.ids) if summary else set()
     expected = live.expected
@@ -161,3 +179,14 @@ def run_demo(
         sent_ids=list(summary.ids) if summary else [],
         dead_letter_ids=dead_ids,
     )
+
+
+def _delete_quietly(*subscription_urls: str) -> None:
+    """Remove the run's own subscriptions so they do not pile up messages on a real broker."""
+    from fashionstream.pubsub import admin
+
+    for url in subscription_urls:
+        try:
+            admin.delete_subscription(url)
+        except Exception as error:  # noqa: BLE001 - clean-up only; the demo's result stands
+            log.debug("could not delete %s: %s", url, error)

@@ -43,7 +43,7 @@ def apply_env_defaults(parser: argparse.ArgumentParser, environ: dict[str, str] 
             if lowered not in _TRUE | _FALSE:
                 parser.error(f"{name}={raw!r}: use true/false")
             value = lowered in _TRUE
-        elif action.nargs in ("*", "+"):
+        elif action.nargs in ("*", "+") or isinstance(action, argparse._AppendAction):
             value = raw.split()
         else:
             try:
@@ -55,6 +55,28 @@ def apply_env_defaults(parser: argparse.ArgumentParser, environ: dict[str, str] 
         (parser.epilog or "") + f"\nEvery option can also be set as {ENV_PREFIX}<OPTION> "
         "(upper case, dashes as underscores), e.g. FASHIONSTREAM_BROKER."
     ).strip()
+
+
+def parse_client_options(pairs: list[str] | None) -> dict[str, object]:
+    """`["session.timeout.ms=6000", "ack_deadline=60"]` -> options for open_topic / open_subscription.
+
+    Numbers become int or float (the portable options are validated as numbers;
+    librdkafka takes either); anything else stays a string.
+    """
+    options: dict[str, object] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"client option {pair!r}: expected KEY=VALUE")
+        parsed: object = value
+        for convert in (int, float):
+            try:
+                parsed = convert(value)
+                break
+            except ValueError:
+                continue
+        options[key.strip()] = parsed
+    return options
 
 
 class JsonFormatter(logging.Formatter):

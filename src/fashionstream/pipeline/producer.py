@@ -41,7 +41,7 @@ def png_bytes(pixels: npt.NDArray[np.uint8]) -> bytes:
     return buffer.getvalue()
 
 
-def test_images(count: int | None = None, offset: int = 0) -> Iterator[SourceImage]:
+def labelled_test_images(count: int | None = None, offset: int = 0) -> Iterator[SourceImage]:
     """The Fashion-MNIST test split as PNGs with their labels (10,000 at most)."""
     from fashionstream.classifier.fashion_mnist_files import load_split
 
@@ -70,7 +70,7 @@ def file_images(paths: Sequence[str | Path]) -> Iterator[SourceImage]:
 def sources(spec: Sequence[str], count: int | None) -> Iterator[SourceImage]:
     """`["test"]` -> the test split; anything else -> files/directories. Cycles files up to `count`."""
     if list(spec) == ["test"]:
-        yield from test_images(count)
+        yield from labelled_test_images(count)
         return
     produced = 0
     while count is None or produced < count:

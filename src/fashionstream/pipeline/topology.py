@@ -34,6 +34,11 @@ def _split(broker: str) -> tuple[str, str, str, dict[str, str]]:
             "or gcppubsub://projects/PROJECT"
         )
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    if query:
+        raise ValueError(
+            f"broker URL {broker!r}: no query parameters here; pass native client options "
+            "(SASL, SSL, timeouts) with --subscriber-option / --publisher-option KEY=VALUE"
+        )
     if scheme == "kafka" and not parts.netloc:
         raise ValueError(f"broker URL {broker!r}: name the bootstrap server, e.g. kafka://127.0.0.1:9092")
     if scheme == "gcppubsub":
@@ -48,7 +53,7 @@ def _with_query(base: str, query: dict[str, str]) -> str:
 
 
 def topic_url(broker: str, topic: str) -> str:
-    """`kafka://h:9092` + `images` -> `kafka://h:9092/images`; options in the broker URL's query are kept."""
+    """`kafka://h:9092` + `images` -> `kafka://h:9092/images`."""
     scheme, netloc, path, query = _split(broker)
     if scheme == "mem":
         return _with_query(f"mem://{topic}", query)
@@ -104,7 +109,13 @@ class Topology:
     def predictions_subscription_url(self) -> str:
         return self.subscription(self.predictions, self.consumer_subscription)
 
-    def create(self, *, partitions: int = 1, subscriptions: tuple[tuple[str, str], ...] | None = None) -> None:
+    def create(
+        self,
+        *,
+        partitions: int = 1,
+        subscriptions: tuple[tuple[str, str], ...] | None = None,
+        ack_deadline_s: int = 30,
+    ) -> None:
         """Create the three topics and the given (topic, subscription) pairs if missing.
 
         Defaults to the service's subscription on `images` and the consumer's on
@@ -124,5 +135,7 @@ class Topology:
             )
         )
         for topic, sub in pairs:
-            created = admin.create_subscription(self.subscription(topic, sub), topic=topic)
+            created = admin.create_subscription(
+                self.subscription(topic, sub), topic=topic, ack_deadline_s=ack_deadline_s
+            )
             log.info("subscription %s on %s %s", sub, topic, "created" if created else "exists")
