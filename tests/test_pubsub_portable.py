@@ -1,0 +1,390 @@
+"""Unit tests of the portable layer: URLs, options, retries, batching, acks, admin, the PubSubAPI facade.
+
+Broker behaviour shared by all backends is in the conformance suite; these
+tests cover the logic around the driver, using the real mem:// broker, and a
+scripted fake driver only where the point is how the portable layer reacts
+to driver failures.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import pytest
+
+from fashionstream.pubsub import (
+    Closed,
+    InvalidArgument,
+    MissingExtra,
+    NotFound,
+    Publisher,
+    Subscriber,
+    Unavailable,
+    admin,
+    open_subscription,
+    open_topic,
+)
+from fashionstream.pubsub.api import PubSubAPI
+from fashionstream.pubsub.driver import ErrorCode, IncomingMessage, OutgoingMessage, ParsedURL
+from fashionstream.pubsub.drivers import memory
+from fashionstream.pubsub.publisher import PublisherSettings
+from fashionstream.pubsub.subscriber import SubscriberSettings
+from fashionstream.pubsub.urls import parse_url, redact, safe_url
+
+
+@pytest.fixture
+def mem_topic(unique_name: Any) -> str:
+    url = f"mem://{unique_name('t')}"
+    admin.create_topic(url)
+    return url
+
+
+def mem_subscription(topic_url: str, name: str = "s", **kwargs: Any) -> str:
+    url = f"{topic_url}?subscription={name}"
+    admin.create_subscription(url, **kwargs)
+    return url
+
+
+# -- URLs and options ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "scheme", "host", "path", "query"),
+    [
+        ("kafka://127.0.0.1:9092/images?group=service", "kafka", "127.0.0.1:9092", "images", {"group": "service"}),
+        ("gcppubsub://projects/P/topics/images", "gcppubsub", "projects", "P/topics/images", {}),
+        ("mem://Images?subscription=service", "mem", "Images", "", {"subscription": "service"}),
+    ],
+)
+def test_parse_url_splits_like_the_contract_says(
+    raw: str, scheme: str, host: str, path: str, query: dict[str, str]
+) -> None:
+    assert parse_url(raw) == ParsedURL(raw=raw, scheme=scheme, host=host, path=path, query=query)
+
+
+def test_unknown_scheme_names_the_accepted_ones() -> None:
+    with pytest.raises(InvalidArgument, match=r"'rabbit'.*gcppubsub://, kafka://, mem://"):
+        open_topic("rabbit://images")
+
+
+def test_not_a_url_is_invalid() -> None:
+    with pytest.raises(InvalidArgument, match="not a broker URL"):
+        open_topic("images")
+
+
+def test_unknown_query_parameter_names_the_accepted_ones(mem_topic: str) -> None:
+    with pytest.raises(InvalidArgument, match=r"colour.*accepted: subscription"):
+        open_subscription(f"{mem_topic}?subscription=s&colour=red")
+    with pytest.raises(InvalidArgument, match=r"group.*accepted: none"):
+        open_topic(f"{mem_topic}?group=g")
+
+
+def test_duplicate_query_parameter_is_invalid() -> None:
+    with pytest.raises(InvalidArgument, match="twice"):
+        parse_url("mem://t?subscription=a&subscription=b")
+
+
+def test_unknown_native_option_on_mem_is_rejected(mem_topic: str) -> None:
+    with pytest.raises(InvalidArgument, match="linger.ms"):
+        open_topic(mem_topic, **{"linger.ms": 5})
+
+
+@pytest.mark.parametrize("options", [{"batch_size": 0}, {"linger": -1}, {"max_in_flight": 1.5}, {"send_timeout": 0}])
+def test_bad_portable_publisher_option_is_rejected(mem_topic: str, options: dict[str, Any]) -> None:
+    with pytest.raises(InvalidArgument, match=next(iter(options))):
+        open_topic(mem_topic, **options)
+
+
+def test_bad_portable_subscriber_option_is_rejected(mem_topic: str) -> None:
+    with pytest.raises(InvalidArgument, match="ack_deadline"):
+        open_subscription(mem_subscription(mem_topic), ack_deadline=0)
+
+
+def test_secrets_are_redacted() -> None:
+    options = {"sasl.password": "hunter2", "bootstrap.servers": "h:9092", "api_token": "t0k", "credentials_file": "c"}
+    assert redact(options) == {
+        "sasl.password": "***",
+        "bootstrap.servers": "h:9092",
+        "api_token": "***",
+        "credentials_file": "***",
+    }
+    shown = safe_url("kafka://user:hunter2@h:9092/images?group=g&sasl_password=x")
+    assert "hunter2" not in shown and "=x" not in shown and "user" in shown
+
+
+def test_missing_client_library_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The real import machinery with confluent_kafka made unimportable: what a user without the extra sees.
+    monkeypatch.delitem(sys.modules, "fashionstream.pubsub.drivers.kafka", raising=False)
+    monkeypatch.setitem(sys.modules, "confluent_kafka", None)
+    with pytest.raises(MissingExtra, match=r"pip install 'fashionstream\[kafka\]'"):
+        open_topic("kafka://127.0.0.1:9092/images")
+
+
+# -- Publisher -----------------------------------------------------------------------------------
+
+
+def test_send_validates_data_attributes_and_key(mem_topic: str) -> None:
+    with open_topic(mem_topic) as pub:
+        with pytest.raises(InvalidArgument, match="bytes"):
+            pub.send("text")  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument, match="str to str"):
+            pub.send(b"x", {"n": 1})  # type: ignore[dict-item]
+        with pytest.raises(InvalidArgument, match="key"):
+            pub.send(b"x", key=7)  # type: ignore[arg-type]
+        assert pub.send(bytearray(b"ok")).result(5)
+
+
+class ScriptedTopic:
+    """A topic driver whose send_batch raises the scripted errors first. Used to test retry logic."""
+
+    name = "scripted topic 'x'"
+
+    def __init__(self, failures: list[BaseException], barrier: threading.Barrier | None = None) -> None:
+        self.failures = failures
+        self.barrier = barrier
+        self.batches: list[int] = []
+        self.closed = False
+        self.confirmed = 0
+        self._lock = threading.Lock()
+
+    def send_batch(self, messages: Sequence[OutgoingMessage], timeout: float) -> list[str]:
+        if self.barrier is not None:
+            self.barrier.wait()  # passes only when max_in_flight batches are in flight together
+        with self._lock:
+            self.batches.append(len(messages))
+            if self.failures:
+                raise self.failures.pop(0)
+            start, self.confirmed = self.confirmed, self.confirmed + len(messages)
+        return [str(start + i) for i in range(len(messages))]
+
+    def is_retryable(self, error: BaseException) -> bool:
+        return isinstance(error, ConnectionError)
+
+    def error_code(self, error: BaseException) -> ErrorCode:
+        if isinstance(error, ConnectionError):
+            return ErrorCode.UNAVAILABLE
+        return ErrorCode.NOT_FOUND if isinstance(error, LookupError) else ErrorCode.UNKNOWN
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_retryable_errors_are_retried() -> None:
+    driver = ScriptedTopic([ConnectionError("blip"), ConnectionError("blip")])
+    with Publisher(driver) as pub:
+        assert pub.send(b"x").result(10) == "0"
+    assert len(driver.batches) == 3
+    assert driver.closed
+
+
+def test_non_retryable_error_is_wrapped_with_name_and_cause() -> None:
+    native = LookupError("no such topic")
+    driver = ScriptedTopic([native])
+    with Publisher(driver) as pub:
+        error = pub.send(b"x").exception(10)
+    assert isinstance(error, NotFound)
+    assert "scripted topic 'x'" in str(error) and "no such topic" in str(error)
+    assert error.__cause__ is native
+    assert len(driver.batches) == 1
+
+
+def test_retries_stop_at_send_timeout() -> None:
+    driver = ScriptedTopic([ConnectionError("down")] * 1000)
+    with Publisher(driver, PublisherSettings(send_timeout=0.3)) as pub:
+        error = pub.send(b"x").exception(10)
+    assert isinstance(error, Unavailable)
+
+
+def test_batches_respect_batch_size_and_flush_sends_at_once() -> None:
+    driver = ScriptedTopic([])
+    pub = Publisher(driver, PublisherSettings(batch_size=10, linger=60))
+    futures = [pub.send(b"x") for _ in range(25)]
+    pub.flush(timeout=10)  # does not wait out the 60 s linger
+    assert all(f.done() for f in futures)
+    assert max(driver.batches) <= 10 and sum(driver.batches) == 25
+    assert sorted(f.result() for f in futures) == sorted(str(i) for i in range(25))
+    pub.close()
+
+
+def test_batches_are_sent_concurrently() -> None:
+    driver = ScriptedTopic([], barrier=threading.Barrier(4, timeout=10))
+    with Publisher(driver, PublisherSettings(batch_size=1, max_in_flight=4, linger=0)) as pub:
+        futures = [pub.send(b"x") for _ in range(4)]
+        assert all(f.exception(15) is None for f in futures)
+
+
+def test_send_after_close_raises_closed_and_close_is_idempotent() -> None:
+    pub = Publisher(ScriptedTopic([]))
+    pub.close()
+    pub.close()
+    with pytest.raises(Closed, match="scripted topic"):
+        pub.send(b"x")
+
+
+# -- Subscriber ----------------------------------------------------------------------------------
+
+
+def test_emulated_ack_deadline_redelivers(mem_topic: str) -> None:
+    sub_url = mem_subscription(mem_topic, ack_deadline_s=600)  # the broker alone would wait 10 minutes
+    with open_topic(mem_topic) as pub:
+        pub.send(b"slow").result(5)
+    driver = memory.open_subscription_driver(parse_url(sub_url), {})
+    with Subscriber(driver, SubscriberSettings(ack_deadline=0.2), native_ack_deadlines=False) as sub:
+        first = sub.receive(timeout=10)
+        second = sub.receive(timeout=10)  # not acked in time: the portable layer nacked it
+        assert first.acked_or_nacked
+        first.ack()  # too late: ignored
+        second.ack()
+    assert (first.data, first.delivery_attempt, second.data, second.delivery_attempt) == (b"slow", 1, b"slow", 2)
+
+
+def test_mem_native_ack_deadline_redelivers(mem_topic: str) -> None:
+    sub_url = mem_subscription(mem_topic, ack_deadline_s=1)
+    with open_topic(mem_topic) as pub:
+        pub.send(b"late").result(5)
+    with open_subscription(sub_url) as sub:
+        sub.receive(timeout=10)
+        again = sub.receive(timeout=30)
+        again.ack()
+    assert again.delivery_attempt == 2
+
+
+def test_mem_dead_letter_after_max_delivery_attempts(mem_topic: str, unique_name: Any) -> None:
+    dead_url = f"mem://{unique_name('dead')}"
+    admin.create_topic(dead_url)
+    dead_sub = mem_subscription(dead_url)
+    sub_url = mem_subscription(mem_topic, dead_letter_topic=dead_url, max_delivery_attempts=2)
+    with open_topic(mem_topic) as pub:
+        pub.send(b"poison", {"why": "bad"}).result(5)
+    with open_subscription(sub_url) as sub:
+        sub.receive(timeout=10).nack()
+        sub.receive(timeout=10).nack()
+        assert sub.receive_batch(10, timeout=0.5) == []
+    with open_subscription(dead_sub) as sub:
+        dead = sub.receive(timeout=10)
+        dead.ack()
+    assert (dead.data, dead.attributes) == (b"poison", {"why": "bad"})
+
+
+def test_close_flushes_acks(mem_topic: str) -> None:
+    sub_url = mem_subscription(mem_topic)
+    with open_topic(mem_topic) as pub:
+        pub.send(b"once").result(5)
+    with open_subscription(sub_url) as sub:
+        sub.receive(timeout=10).ack()
+    with open_subscription(sub_url) as sub:
+        assert sub.receive_batch(10, timeout=0.5) == []
+
+
+def test_deleted_subscription_surfaces_not_found(mem_topic: str) -> None:
+    sub_url = mem_subscription(mem_topic, name="doomed")
+    with open_subscription(sub_url) as sub:
+        admin.delete_subscription(sub_url)
+        with pytest.raises(NotFound, match="doomed"):
+            sub.receive(timeout=10)
+
+
+def test_iteration_ends_when_closed_from_another_thread(mem_topic: str) -> None:
+    sub_url = mem_subscription(mem_topic)
+    with open_topic(mem_topic) as pub:
+        pub.send(b"a").result(5)
+    sub = open_subscription(sub_url)
+    seen = []
+    for message in sub:
+        seen.append(message.data)
+        message.ack()
+        threading.Thread(target=sub.close).start()
+    assert seen == [b"a"]
+
+
+class NoNackSubscription:
+    """A subscription driver that cannot nack, to check what nack() then does."""
+
+    name = "no-nack subscription"
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    def receive_batch(self, max_messages: int, timeout: float) -> list[IncomingMessage]:
+        if self.sent:
+            threading.Event().wait(timeout)
+            return []
+        self.sent = True
+        return [IncomingMessage(data=b"x", attributes={}, key=None, id="1", ack_id=1)]
+
+    def send_acks(self, ack_ids: Sequence[Hashable]) -> None:
+        pass
+
+    def can_nack(self) -> bool:
+        return False
+
+    def send_nacks(self, ack_ids: Sequence[Hashable]) -> None:
+        raise AssertionError("never called when can_nack() is False")
+
+    def is_retryable(self, error: BaseException) -> bool:
+        return False
+
+    def error_code(self, error: BaseException) -> ErrorCode:
+        return ErrorCode.UNKNOWN
+
+    def close(self) -> None:
+        pass
+
+
+def test_nack_on_a_backend_without_nack_is_an_error() -> None:
+    with Subscriber(NoNackSubscription()) as sub:
+        message = sub.receive(timeout=10)
+        with pytest.raises(InvalidArgument, match="cannot nack"):
+            message.nack()
+        message.ack()
+
+
+# -- admin ---------------------------------------------------------------------------------------
+
+
+def test_admin_create_is_idempotent_and_checks_the_topic(unique_name: Any) -> None:
+    url = f"mem://{unique_name('t')}"
+    assert admin.create_topic(url) is True
+    assert admin.create_topic(url) is False
+    assert admin.create_subscription(f"{url}?subscription=s") is True
+    assert admin.create_subscription(f"{url}?subscription=s") is False
+    missing = unique_name("absent")
+    with pytest.raises(NotFound, match=missing):
+        admin.create_subscription(f"mem://{missing}?subscription=s")
+    with pytest.raises(InvalidArgument, match="contradicts"):
+        admin.create_subscription(f"{url}?subscription=s2", topic="other")
+
+
+@pytest.mark.parametrize("reference", ["images", "projects/P/topics/images", "gcppubsub://projects/P/topics/images"])
+def test_pubsub_topic_references_resolve_to_the_short_name(reference: str) -> None:
+    url = parse_url("gcppubsub://projects/P/subscriptions/service")
+    assert admin.resource_names(url) == (None, "service")
+    assert admin._topic_reference(reference, url, "topic") == "images"
+
+
+def test_pubsub_topic_in_another_project_is_rejected() -> None:
+    url = parse_url("gcppubsub://projects/P/subscriptions/service")
+    with pytest.raises(InvalidArgument, match="another project"):
+        admin._topic_reference("projects/Q/topics/images", url, "topic")
+
+
+# -- PubSubAPI facade ----------------------------------------------------------------------------
+
+
+def test_pubsub_api_memory_round_trip(unique_name: Any) -> None:
+    topic = unique_name("api")
+    with PubSubAPI("Memory") as api:
+        api.send(topic, {"id": "1", "image": "AAAA"}).result(5)
+        api.send(topic, b"\x00raw").result(5)
+        got = []
+        while len(got) < 2:
+            got.extend(api.receive(topic, max_messages=10, timeout=5))
+    assert got == [{"id": "1", "image": "AAAA"}, b"\x00raw"]
+
+
+def test_pubsub_api_rejects_unknown_broker_type() -> None:
+    with pytest.raises(InvalidArgument, match="Kafka, GooglePubSub, Memory"):
+        PubSubAPI("RabbitMQ")
