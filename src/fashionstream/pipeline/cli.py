@@ -298,6 +298,7 @@ def consume_main(argv: list[str]) -> int:
     if not args.broker:
         parser.error("--broker (or FASHIONSTREAM_BROKER) is required")
     configure_logging(args.log_format, args.log_level)
+    from fashionstream.classifier.fashion_mnist_files import CLASS_NAMES
     from fashionstream.pipeline.consumer import Tally, read_predictions, table_header, table_row
     from fashionstream.pipeline.contract import Prediction
     from fashionstream.pubsub import open_subscription
@@ -326,7 +327,7 @@ def consume_main(argv: list[str]) -> int:
         if args.jsonl:
             print(prediction.to_json().decode(), flush=True)
             return
-        line = table_row(prediction)
+        line = table_row(prediction, CLASS_NAMES)
         if tally.accuracy is not None and len(tally.answered) % 100 == 0:
             lat = tally.latency()
             line += (

@@ -48,7 +48,7 @@ def apply_env_defaults(parser: argparse.ArgumentParser, environ: dict[str, str] 
         else:
             try:
                 value = action.type(raw) if callable(action.type) else raw
-            except (TypeError, ValueError) as error:
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
                 parser.error(f"{name}={raw!r}: {error}")
         action.default = value
     parser.epilog = (
