@@ -1,0 +1,212 @@
+"""The service's acknowledgement logic, with a hand-driven broker and a fake model.
+
+What is under test is the bookkeeping around the broker: an input is acked only
+after the broker confirmed its answer, nacked when the publish fails, and a stop
+finishes the open batch. Real-broker behaviour is covered in test_pipeline_e2e.py
+and test_pipeline_service_process.py; here the fakes let the test decide exactly
+when the "broker" confirms.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+
+from fashionstream.pipeline import contract
+from fashionstream.pipeline.batcher import Failed
+from fashionstream.pipeline.contract import Flavour, Request
+from fashionstream.pipeline.model import Classified, Pixels
+from fashionstream.pipeline.service import ModelService, ServiceConfig
+
+
+class FakeMessage:
+    def __init__(self, data: bytes, attributes: dict[str, str], key: str | None) -> None:
+        self.data, self.attributes, self.key = data, attributes, key
+        self.id = key or "?"
+        self.delivery_attempt: int | None = 1
+        self.acked = self.nacked = False
+
+    def ack(self) -> None:
+        self.acked = True
+
+    def nack(self) -> None:
+        self.nacked = True
+
+
+class FakeReceiver:
+    def __init__(self, messages: list[FakeMessage]) -> None:
+        self.queue = list(messages)
+        self.lock = threading.Lock()
+
+    def receive_batch(self, max_messages: int, timeout: float) -> list[FakeMessage]:
+        with self.lock:
+            taken, self.queue = self.queue[:max_messages], self.queue[max_messages:]
+        if not taken:
+            time.sleep(min(timeout, 0.01))
+        return taken
+
+    def close(self) -> None:
+        pass
+
+
+class HeldSender:
+    """A topic whose confirmations the test releases by hand."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, dict[str, str], str | None, Future[str]]] = []
+        self.lock = threading.Lock()
+
+    def send(self, data: bytes, attributes: dict[str, str] | None = None, key: str | None = None) -> Future[str]:
+        future: Future[str] = Future()
+        with self.lock:
+            self.sent.append((data, dict(attributes or {}), key, future))
+        return future
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def confirm_all(self) -> None:
+        with self.lock:
+            for *_, future in self.sent:
+                if not future.done():
+                    future.set_result("ok")
+
+
+class FakeModel:
+    """Every image is class 3; a body of b'bad' is not an image."""
+
+    model_id = "fake@1"
+    card: dict[str, Any] = {}
+
+    def decode(self, request: Request) -> Pixels:
+        if request.image == b"bad":
+            raise contract.InvalidRequest("not_an_image", "fake: not an image")
+        return np.zeros((28, 28), dtype=np.uint8)
+
+    def classify(self, batch: Sequence[Pixels]) -> list[Classified | Failed]:
+        return [Classified(3, "Dress", 0.9, [0.0, 0.0, 0.0, 0.9, 0.1, 0, 0, 0, 0, 0]) for _ in batch]
+
+
+def wait_for(condition: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return condition()
+
+
+def make(messages: list[FakeMessage], **config: Any) -> tuple[ModelService, HeldSender, HeldSender]:
+    predictions, dead = HeldSender(), HeldSender()
+    settings = ServiceConfig(broker="mem://", max_batch_size=4, max_wait_ms=5, **config)
+    return ModelService(settings, FakeModel(), FakeReceiver(messages), predictions, dead), predictions, dead
+
+
+def requests(n: int, bad: int | None = None) -> list[FakeMessage]:
+    out = []
+    for i in range(n):
+        encoded = contract.encode_request(b"bad" if i == bad else b"png", Flavour.PUBSUB, request_id=f"r{i}")
+        out.append(FakeMessage(encoded.data, encoded.attributes, encoded.key))
+    return out
+
+
+def test_inputs_are_acked_only_after_the_broker_confirms_their_answers() -> None:
+    messages = requests(10, bad=6)
+    service, predictions, dead = make(messages)
+    stop = threading.Event()
+    worker = threading.Thread(target=service.run, args=(stop,))
+    worker.start()
+    try:
+        assert wait_for(lambda: len(predictions.sent) == 9 and len(dead.sent) == 1)
+        time.sleep(0.05)  # the loop keeps turning; nothing is confirmed yet
+        assert not any(m.acked or m.nacked for m in messages)
+        dead.confirm_all()
+        assert wait_for(lambda: messages[6].acked)
+        assert not any(m.acked for i, m in enumerate(messages) if i != 6)
+        predictions.confirm_all()
+        assert wait_for(lambda: all(m.acked for m in messages))
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+    assert not any(m.nacked for m in messages)
+    assert [key for _, _, key, _ in predictions.sent] == [f"r{i}" for i in range(10) if i != 6]
+    letter = dead.sent[0]
+    assert letter[1]["error"] == "not_an_image" and letter[0] == b"bad" and letter[2] == "r6"
+    assert (
+        service.stats.acked == 10
+        and service.stats.predicted == 9
+        and service.stats.dead_lettered == {"not_an_image": 1}
+    )
+
+
+def test_a_failed_publish_nacks_the_input_for_redelivery() -> None:
+    messages = requests(3)
+    service, predictions, _ = make(messages)
+    stop = threading.Event()
+    worker = threading.Thread(target=service.run, args=(stop,))
+    worker.start()
+    try:
+        assert wait_for(lambda: len(predictions.sent) == 3)
+        predictions.sent[1][3].set_exception(RuntimeError("broker said no"))
+        predictions.sent[0][3].set_result("ok")
+        predictions.sent[2][3].set_result("ok")
+        assert wait_for(lambda: messages[1].nacked and messages[0].acked and messages[2].acked)
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+    assert not messages[1].acked
+    assert service.stats.nacked == 1 and service.stats.acked == 2
+
+
+def test_stop_finishes_the_open_batch_and_leaves_unconfirmed_inputs_unacked() -> None:
+    # A long max_wait: the 3 requests sit in an open batch when the stop comes.
+    messages = requests(3)
+    predictions, dead = HeldSender(), HeldSender()
+    config = ServiceConfig(broker="mem://", max_batch_size=64, max_wait_ms=60_000, shutdown_timeout_s=0.5)
+    service = ModelService(config, FakeModel(), FakeReceiver(messages), predictions, dead)
+    stop = threading.Event()
+    worker = threading.Thread(target=service.run, args=(stop,))
+    worker.start()
+    assert wait_for(lambda: service.stats.received == 3)
+    assert predictions.sent == []  # still batching
+
+    # Confirm whatever gets published during shutdown, except the last answer.
+    def confirm_first_two() -> None:
+        if wait_for(lambda: len(predictions.sent) == 3):
+            for *_, future in predictions.sent[:2]:
+                future.set_result("ok")
+
+    confirmer = threading.Thread(target=confirm_first_two)
+    confirmer.start()
+    started = time.monotonic()
+    stop.set()
+    worker.join(timeout=5)
+    took = time.monotonic() - started
+    confirmer.join()
+    assert not worker.is_alive()
+    assert [m.acked for m in messages] == [True, True, False]  # the unconfirmed one will be redelivered
+    assert took < 3.0  # bounded by shutdown_timeout_s (0.5 s), with a wide margin for a busy machine
+
+
+def test_repeated_ids_are_counted_as_duplicates_and_still_answered() -> None:
+    messages = requests(3) + requests(2)  # r0 and r1 again, as after a crash
+    service, predictions, _ = make(messages)
+    stop = threading.Event()
+    worker = threading.Thread(target=service.run, args=(stop,))
+    worker.start()
+    try:
+        assert wait_for(lambda: len(predictions.sent) == 5)
+        predictions.confirm_all()
+        assert wait_for(lambda: all(m.acked for m in messages))
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+    assert service.stats.duplicates == 2
