@@ -248,6 +248,15 @@ def test_hostile_messages_go_to_the_dead_letter_topic_and_the_service_stays_up(
                 expected_reason[bad.key] = reason
                 futures.append(images_out.send(bad.data, bad.attributes, key=bad.key))
         assert not hostile
+        # Raw grey pixels (784 bytes, application/octet-stream) are a valid request too.
+        from fashionstream.classifier.fashion_mnist_files import load_split
+
+        pixels, _ = load_split("test")
+        for raw in pixels[100:103]:
+            encoded = contract.encode_request(raw.tobytes(), flavour, content_type=contract.RAW)
+            assert encoded.key is not None
+            sent_valid.append(encoded.key)
+            futures.append(images_out.send(encoded.data, encoded.attributes, key=encoded.key))
         for future in futures:
             future.result(timeout=30)
 
