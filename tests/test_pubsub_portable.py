@@ -22,6 +22,7 @@ from fashionstream.pubsub import (
     NotFound,
     Publisher,
     Subscriber,
+    Timeout,
     Unavailable,
     admin,
     open_subscription,
@@ -214,6 +215,34 @@ def test_batches_are_sent_concurrently() -> None:
     with Publisher(driver, PublisherSettings(batch_size=1, max_in_flight=4, linger=0)) as pub:
         futures = [pub.send(b"x") for _ in range(4)]
         assert all(f.exception(15) is None for f in futures)
+
+
+class GatedTopic(ScriptedTopic):
+    """Holds every batch until the gate opens: a broker that stopped answering."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def send_batch(self, messages: Sequence[OutgoingMessage], timeout: float) -> list[str]:
+        self.entered.set()
+        self.gate.wait(30)
+        return super().send_batch(messages, timeout)
+
+
+def test_send_blocks_then_times_out_when_the_backlog_is_full() -> None:
+    driver = GatedTopic()
+    settings = PublisherSettings(batch_size=1, max_in_flight=1, max_queued=1, linger=0, send_timeout=0.3)
+    pub = Publisher(driver, settings)
+    first = pub.send(b"1")  # taken by the only sender, which the gate holds
+    assert driver.entered.wait(10)  # the first batch is inside the driver
+    second = pub.send(b"2")  # waits in the queue: the backlog is now full
+    with pytest.raises(Timeout, match="still queued"):
+        pub.send(b"3")
+    driver.gate.set()
+    pub.close()
+    assert first.result(10) and second.result(10)
 
 
 def test_send_after_close_raises_closed_and_close_is_idempotent() -> None:

@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -26,7 +26,9 @@ from fashionstream.pubsub.retry import call_with_retries, wrap_error
 log = logging.getLogger(__name__)
 
 #: Options `open_topic` consumes itself; every other option goes to the driver.
-PUBLISHER_OPTIONS = frozenset({"batch_size", "max_batch_bytes", "linger", "max_in_flight", "send_timeout"})
+PUBLISHER_OPTIONS = frozenset(
+    {"batch_size", "max_batch_bytes", "linger", "max_in_flight", "send_timeout", "max_queued"}
+)
 
 
 @dataclass(frozen=True)
@@ -38,9 +40,12 @@ class PublisherSettings:
     linger: float = 0.005  # seconds a batch waits for more messages after its first one
     max_in_flight: int = 4  # batches being sent at the same time
     send_timeout: float = 30.0  # seconds per batch, retries included
+    # Messages waiting for a batch at most; send() blocks (up to send_timeout) beyond it, so a producer
+    # faster than its broker does not grow memory without bound (librdkafka's default queue is 100,000 too).
+    max_queued: int = 100_000
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_batch_bytes", "max_in_flight"):
+        for name in ("batch_size", "max_batch_bytes", "max_in_flight", "max_queued"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise errors.InvalidArgument(f"publisher option {name} must be a positive int, got {value!r}")
@@ -79,6 +84,8 @@ class Publisher:
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
+        self._room = threading.Condition(threading.Lock())  # signalled when the backlog shrinks
+        self._waiting_for_room = False
         self._in_flight: set[Future[None]] = set()
         self._slots = threading.BoundedSemaphore(self._settings.max_in_flight)
         self._senders = ThreadPoolExecutor(self._settings.max_in_flight, thread_name_prefix="pubsub-send")
@@ -115,9 +122,27 @@ class Publisher:
             attributes = {}
         if key is not None and type(key) is not str:
             raise errors.InvalidArgument(f"message key must be str or None, got {type(key).__name__}")
+        if self._queue.qsize() >= self._settings.max_queued:
+            self._wait_for_room()
         future: Future[str] = Future()
         self._queue.put((OutgoingMessage(data, attributes, key), future))
         return future
+
+    def _wait_for_room(self) -> None:
+        """Block the sender until the backlog is below max_queued (back-pressure), or time out."""
+        deadline = time.monotonic() + self._settings.send_timeout
+        with self._room:
+            while self._queue.qsize() >= self._settings.max_queued:
+                if self._closed:
+                    raise errors.Closed(f"publisher for {self._driver.name} is closed")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise errors.Timeout(
+                        f"{self._driver.name}: {self._queue.qsize()} messages still queued after "
+                        f"{self._settings.send_timeout} s; the broker is not keeping up (is it reachable?)"
+                    )
+                self._waiting_for_room = True
+                self._room.wait(min(remaining, 0.05))
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every message sent before this call is confirmed or failed.
@@ -225,6 +250,10 @@ class Publisher:
                     break
                 batch.append(message_item)
             self._submit(batch)
+            if self._waiting_for_room:
+                with self._room:
+                    self._waiting_for_room = False
+                    self._room.notify_all()
             if marker is not None:
                 marker.in_flight.set_result(self._snapshot_in_flight())
             if stop:
@@ -251,16 +280,11 @@ class Publisher:
         if future.cancelled():  # close() gave up on it: its messages must not wait forever
             closed = errors.Closed(f"publisher for {self._driver.name} was closed before sending")
             for _, fut in batch:
-                if fut.set_running_or_notify_cancel():
-                    fut.set_exception(closed)
+                _resolve(fut, None, closed)
 
     def _send_batch(self, batch: list[_Item]) -> None:
         """Send one batch with retries and resolve its futures; runs on a sender thread."""
-        # A future cancelled by the caller before its batch went out is dropped from the batch.
-        live = [(msg, fut) for msg, fut in batch if fut.set_running_or_notify_cancel()]
-        if not live:
-            return
-        messages = [msg for msg, _ in live]
+        messages = [msg for msg, _ in batch]
         driver = self._driver
         try:
             ids = call_with_retries(
@@ -274,11 +298,17 @@ class Publisher:
                 )
         except Exception as err:
             wrapped = wrap_error(driver, err, "sending to")
-            for _, fut in live:
-                fut.set_exception(wrapped)
+            for _, fut in batch:
+                _resolve(fut, None, wrapped)
             return
-        for (_, fut), message_id in zip(live, ids, strict=True):
-            fut.set_result(message_id)
+        for (_, fut), message_id in zip(batch, ids, strict=True):
+            # A caller may have cancelled its future; the message went out anyway (it was already
+            # queued), and a cancelled future cannot take a result. Checking here instead of
+            # set_running_or_notify_cancel() per message keeps the hot path one lock shorter.
+            try:  # noqa: SIM105 - try/except is cheaper than contextlib.suppress on this per-message path
+                fut.set_result(message_id)
+            except InvalidStateError:
+                pass
 
     def _fail_leftovers(self) -> None:
         while True:
@@ -289,6 +319,15 @@ class Publisher:
             if isinstance(item, _FlushMarker):
                 item.in_flight.set_result([])
             elif isinstance(item, tuple):
-                fut = item[1]
-                if fut.set_running_or_notify_cancel():
-                    fut.set_exception(errors.Closed(f"publisher for {self._driver.name} was closed before sending"))
+                _resolve(item[1], None, errors.Closed(f"publisher for {self._driver.name} was closed before sending"))
+
+
+def _resolve(future: Future[str], result: str | None, error: BaseException | None) -> None:
+    """Set a future's outcome unless the caller cancelled it."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result or "")
+    except InvalidStateError:
+        pass
