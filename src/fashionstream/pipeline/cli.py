@@ -8,6 +8,7 @@ calls, installs signal handlers and prints summaries.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -15,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import FrameType
 
 from fashionstream.pipeline import contract
@@ -64,6 +65,28 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     apply_env_defaults(parser)
     return parser.parse_args(argv)
+
+
+def _friendly_errors(command: str) -> Callable[[Callable[[list[str]], int]], Callable[[list[str]], int]]:
+    """Turn the failures a user can cause (broker unreachable, topic missing, no model, no dataset)
+    into one clear line and exit status 1 instead of a traceback."""
+
+    def wrap(main: Callable[[list[str]], int]) -> Callable[[list[str]], int]:
+        @functools.wraps(main)
+        def run(argv: list[str]) -> int:
+            from fashionstream.pubsub.errors import PubSubError
+
+            try:
+                return main(argv)
+            except (PubSubError, FileNotFoundError, RuntimeError) as error:
+                # RuntimeError covers the dataset reader's DatasetError; FileNotFoundError a missing model.
+                log.debug("fatal", exc_info=True)
+                print(f"fashionstream {command}: error: {error}", file=sys.stderr)
+                return 1
+
+        return run
+
+    return wrap
 
 
 def _add_client_options(p: argparse.ArgumentParser) -> None:
@@ -131,6 +154,7 @@ def serve_parser() -> argparse.ArgumentParser:
     return p
 
 
+@_friendly_errors("serve")
 def serve_main(argv: list[str]) -> int:
     parser = serve_parser()
     args = _parse(parser, argv)
@@ -238,6 +262,7 @@ def produce_parser() -> argparse.ArgumentParser:
     return p
 
 
+@_friendly_errors("produce")
 def produce_main(argv: list[str]) -> int:
     parser = produce_parser()
     args = _parse(parser, argv)
@@ -292,6 +317,7 @@ def consume_parser() -> argparse.ArgumentParser:
     return p
 
 
+@_friendly_errors("consume")
 def consume_main(argv: list[str]) -> int:
     parser = consume_parser()
     args = _parse(parser, argv)
@@ -387,6 +413,7 @@ def demo_parser() -> argparse.ArgumentParser:
     return p
 
 
+@_friendly_errors("demo")
 def demo_main(argv: list[str]) -> int:
     parser = demo_parser()
     args = _parse(parser, argv)
