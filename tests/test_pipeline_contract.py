@@ -15,8 +15,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.mark.parametrize(
     ("broker", "flavour", "prefix"),
-    [("kafka://127.0.0.1:9092", Flavour.KAFKA, "ce_"), ("gcppubsub://projects/p", Flavour.PUBSUB, "ce-"),
-     ("mem://", Flavour.PUBSUB, "ce-")],
+    [
+        ("kafka://127.0.0.1:9092", Flavour.KAFKA, "ce_"),
+        ("gcppubsub://projects/p", Flavour.PUBSUB, "ce-"),
+        ("mem://", Flavour.PUBSUB, "ce-"),
+    ],
 )
 def test_request_uses_the_binding_of_its_broker(broker: str, flavour: Flavour, prefix: str) -> None:
     assert Flavour.for_broker(broker) is flavour
@@ -92,8 +95,9 @@ def test_bad_expected_label_does_not_cost_the_answer() -> None:
 
 
 def test_prediction_round_trip_and_attributes() -> None:
-    prediction = Prediction("r-9", 9, "Ankle boot", 0.91, [0.01] * 9 + [0.91], "fashion-cnn@abc", 9,
-                            "2026-01-01T00:00:00Z")
+    prediction = Prediction(
+        "r-9", 9, "Ankle boot", 0.91, [0.01] * 9 + [0.91], "fashion-cnn@abc", 9, "2026-01-01T00:00:00Z"
+    )
     encoded = contract.encode_prediction(prediction, Flavour.KAFKA)
     assert encoded.key == "r-9"
     assert encoded.attributes["ce_id"] == "r-9"
@@ -109,9 +113,12 @@ def test_prediction_round_trip_and_attributes() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b'{"id": "a"}', b'{"id":"a","label":12,"class_name":"x","confidence":1,"probabilities":[],"model":"m"}',
-     b'{"id":"a","label":1,"class_name":"x","confidence":"NaN","probabilities":[0,0,0,0,0,0,0,0,0,0],"model":"m"}',
-     b"[]"],
+    [
+        b'{"id": "a"}',
+        b'{"id":"a","label":12,"class_name":"x","confidence":1,"probabilities":[],"model":"m"}',
+        b'{"id":"a","label":1,"class_name":"x","confidence":"NaN","probabilities":[0,0,0,0,0,0,0,0,0,0],"model":"m"}',
+        b"[]",
+    ],
 )
 def test_invalid_predictions_are_rejected(body: bytes) -> None:
     with pytest.raises(ValueError):
@@ -120,8 +127,9 @@ def test_invalid_predictions_are_rejected(body: bytes) -> None:
 
 def test_dead_letter_keeps_the_original_and_adds_the_reason() -> None:
     original = contract.encode_request(b"garbage", Flavour.PUBSUB, request_id="bad-1")
-    letter = contract.encode_dead_letter(original.data, original.attributes, original.key, "not_an_image",
-                                         "cannot identify image file" * 100)
+    letter = contract.encode_dead_letter(
+        original.data, original.attributes, original.key, "not_an_image", "cannot identify image file" * 100
+    )
     assert letter.data == b"garbage"
     assert letter.key == "bad-1"
     assert letter.attributes["error"] == "not_an_image"
