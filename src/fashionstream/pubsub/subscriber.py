@@ -121,6 +121,7 @@ class Subscriber:
                 self._raise_if_closed()
                 if self._buffer:
                     if self._starved:
+                        self._starved = False  # one wake-up per stall, not one per message
                         self._wake.set()
                     return self._deliver(self._buffer.popleft())
                 if self._error is not None:
@@ -144,6 +145,7 @@ class Subscriber:
                 if self._buffer:
                     count = min(max_messages, len(self._buffer))
                     if self._starved:
+                        self._starved = False  # one wake-up per stall, not one per message
                         self._wake.set()
                     return [self._deliver(self._buffer.popleft()) for _ in range(count)]
                 if self._error is not None:
@@ -214,6 +216,7 @@ class Subscriber:
             self._outstanding.pop(message._ack_id, None)
             (self._pending_acks if ack else self._pending_nacks).append(message._ack_id)
             if self._starved:
+                self._starved = False
                 self._wake.set()
 
     # -- internals (lock held where noted) ---------------------------------------------------
