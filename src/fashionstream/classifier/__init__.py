@@ -1,0 +1,17 @@
+"""Part 1 — the Fashion-MNIST classifier: data, nets, training CLI, export and the Predictor.
+
+Torch-free (serving) modules, safe to import in the model service:
+  fashion_mnist_files  find, verify and read the IDX files (numpy only)
+  predictor            `Predictor`: ONNX Runtime + model card → `Prediction`s
+  evaluate, predict_cli  the `fashionstream evaluate` / `fashionstream predict` commands
+
+Training modules (need the `train` extra: torch, lightning):
+  nets      plain nn.Modules (`FashionCNN`, `ResNet`) and the MAC counter
+  data      Lightning data modules (`ImageDataModule` base, `FashionMNIST`)
+  module    Lightning wrappers with the training recipe
+  train     `fashionstream train` (LightningCLI)
+  export    `fashionstream export` → ONNX + TorchScript + model card
+  reports   per-run plots and tables
+
+This file imports nothing, so `import fashionstream.classifier` never pulls in torch.
+"""

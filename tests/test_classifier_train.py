@@ -1,0 +1,102 @@
+"""Training through the real `fashionstream train` CLI on a small subset, export parity, and the configs.
+
+Marked `train`: needs torch + lightning. About a minute on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("lightning")
+
+import torch  # noqa: E402
+
+from fashionstream.classifier.data import FashionMNIST  # noqa: E402
+from fashionstream.cli import main as cli_main  # noqa: E402
+
+pytestmark = pytest.mark.train
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _epoch_metric(run_dir: Path, key: str) -> list[float]:
+    with open(run_dir / "metrics.csv", newline="") as fh:
+        return [float(row[key]) for row in csv.DictReader(fh) if row.get(key)]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    argv = [
+        "train", "fit",
+        "--model", "FashionCNN", "--data", "FashionMNIST",  # the original interface's spelling
+        "--model.ema_decay", "0.9", "--model.lr", "0.05", "--data.batch_size", "128",
+        "--data.train_subset", "3072", "--data.val_size", "2000", "--data.num_workers", "0",
+        "--trainer.max_epochs", "3", "--trainer.limit_test_batches", "2",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(root),
+        "--trainer.logger.init_args.save_dir", str(root), "--trainer.logger.init_args.name", "smoke",
+    ]  # fmt: skip
+    assert cli_main(argv) == 0
+    (run_dir,) = (root / "smoke").iterdir()
+    return run_dir
+
+
+def test_smoke_training_learns_and_writes_the_run_outputs(smoke_run: Path) -> None:
+    losses = _epoch_metric(smoke_run, "train/loss")
+    accuracies = _epoch_metric(smoke_run, "val/acc")
+    assert len(losses) == 3 and losses[-1] < 0.8 * losses[0], losses
+    assert accuracies[-1] > 0.6, accuracies  # chance is 0.1
+    for name in ("config.yaml", "command.txt", "training_curve.png", "confusion_matrix.png", "per_class.md"):
+        assert (smoke_run / name).is_file(), name
+    assert "--model FashionCNN" in (smoke_run / "command.txt").read_text()
+    assert "class_path: fashionstream.classifier.module.FashionCNN" in (smoke_run / "config.yaml").read_text()
+    assert len(list((smoke_run / "checkpoints").glob("*.ckpt"))) == 1
+    report = json.loads((smoke_run / "test_metrics.json").read_text())
+    assert len(report["per_class"]) == 10 and {"precision", "recall"} <= set(report["per_class"][0])
+
+
+def test_export_parity_onnx_and_torchscript(smoke_run: Path, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from fashionstream.classifier.export import load_checkpoint
+
+    assert cli_main(["export", "--checkpoint", "best", "--run_dir", str(smoke_run), "--output_dir", str(tmp_path),
+                     "--name", "smoke"]) == 0  # fmt: skip
+    card = json.loads((tmp_path / "smoke.card.json").read_text())
+    assert card["training"]["command"].startswith("fashionstream train fit --model FashionCNN")
+    assert card["macs"] == 28_000_448 and card["params"] == 337_530 and card["tta_flip_baked_in"] is False
+
+    (ckpt,) = (smoke_run / "checkpoints").glob("*.ckpt")
+    net = load_checkpoint(ckpt).eval_net.eval()
+    data = FashionMNIST()
+    images, _ = data.load_arrays("test")
+    x = ((images[:256].astype(np.float32) / 255 - data.mean) / data.std)[:, None]  # (256, 1, 28, 28) real images
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()  # (256, 10)
+    session = ort.InferenceSession(str(tmp_path / "smoke.onnx"), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {"images": x})[0]
+    scripted = torch.jit.load(str(tmp_path / "smoke.torchscript.pt"))
+    with torch.no_grad():
+        ts_out = scripted(torch.from_numpy(x)).numpy()
+    assert np.abs(onnx_out - expected).max() <= 1e-4
+    assert np.abs(ts_out - expected).max() <= 1e-4
+    assert session.run(None, {"images": x[:1]})[0].shape == (1, 10)  # dynamic batch axis
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_runs_a_few_steps(config: Path, tmp_path: Path) -> None:
+    argv = [
+        "train", "fit", "--config", str(config),
+        "--trainer.max_steps", "3", "--trainer.limit_val_batches", "1", "--trainer.accelerator", "cpu",
+        "--trainer.precision", "32-true", "--trainer.enable_progress_bar", "false",
+        "--data.train_subset", "1024", "--test_after_fit", "false",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+    ]  # fmt: skip
+    assert cli_main(argv) == 0
+    assert list(tmp_path.rglob("config.yaml")), "the resolved config was not saved"
