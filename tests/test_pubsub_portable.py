@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -417,3 +418,28 @@ def test_pubsub_api_memory_round_trip(unique_name: Any) -> None:
 def test_pubsub_api_rejects_unknown_broker_type() -> None:
     with pytest.raises(InvalidArgument, match="Kafka, GooglePubSub, Memory"):
         PubSubAPI("RabbitMQ")
+
+
+def test_pubsub_api_round_trip_on_every_backend(backend: Any) -> None:
+    topic_url = backend.new_topic()
+    sub_url = backend.new_subscription(topic_url)
+    topic = backend.topic_of(topic_url)
+    subscription = admin.resource_names(parse_url(sub_url))[1]
+    if backend.name == "kafka":
+        api = PubSubAPI(
+            "Kafka", bootstrap_servers=backend.kafka_servers, group_id=subscription, **backend.subscriber_options
+        )
+        source = topic
+    elif backend.name == "gcp":
+        api = PubSubAPI("GooglePubSub", project_id=backend.project)
+        source = subscription
+    else:
+        api = PubSubAPI("Memory", subscription=subscription, create_missing=False)
+        source = topic
+    with api:
+        api.send(topic, {"id": "7", "image": "AAAA"}).result(60)
+        got: list[Any] = []
+        deadline = time.monotonic() + 60
+        while not got and time.monotonic() < deadline:
+            got = api.receive(source, max_messages=10, timeout=1)
+    assert got == [{"id": "7", "image": "AAAA"}]
