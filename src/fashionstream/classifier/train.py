@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -96,6 +97,8 @@ class TrainCLI(LightningCLI):
 
 
 def main(argv: list[str] | None = None) -> int:
+    # `fashionstream train ...` passes its arguments explicitly; Lightning would warn that sys.argv differs.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     TrainCLI(list(sys.argv[1:] if argv is None else argv))
     return 0
 
