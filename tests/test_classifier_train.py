@@ -100,3 +100,16 @@ def test_every_config_runs_a_few_steps(config: Path, tmp_path: Path) -> None:
     ]  # fmt: skip
     assert cli_main(argv) == 0
     assert list(tmp_path.rglob("config.yaml")), "the resolved config was not saved"
+
+
+def test_resnet_by_class_name_with_original_spelling(tmp_path: Path) -> None:
+    argv = [
+        "train", "fit", "--model", "ResNet", "--model.width", "8", "--data", "FashionMNIST",
+        "--trainer.max_epochs", "1", "--trainer.max_steps", "2", "--data.num_workers", "0",
+        "--data.batch_size", "32", "--trainer.limit_val_batches", "1", "--test_after_fit", "false",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+    ]  # fmt: skip
+    assert cli_main(argv) == 0
+    (config,) = tmp_path.rglob("config.yaml")
+    assert "class_path: fashionstream.classifier.module.ResNet" in config.read_text()
