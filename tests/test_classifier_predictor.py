@@ -138,3 +138,31 @@ def test_card_or_onnx_path_and_environment_variable(tmp_path: Path, monkeypatch:
         Predictor.load(tmp_path / onnx_path.name)
     with pytest.raises(ModelNotFoundError):
         Predictor.load(tmp_path / "missing.onnx")
+
+
+def test_evaluate_json_reports_accuracy_macs_and_params(capsys: pytest.CaptureFixture[str]) -> None:
+    from fashionstream.cli import main as cli_main
+
+    assert cli_main(["evaluate", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    card = Predictor.load().card
+    assert result["n"] == 10000 and len(result["per_class"]) == 10
+    assert abs(result["accuracy"] - card["test"]["accuracy"]) < 0.002  # same model, same data, same runtime
+    assert result["macs"] == card["macs"] and result["params"] == card["params"] and result["images_per_s"] > 0
+    assert result["model"] == Predictor.load().model_id
+
+
+def test_predict_command_prints_one_line_per_file(
+    tmp_path: Path, test_set: tuple[np.ndarray, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fashionstream.cli import main as cli_main
+
+    images, labels = test_set
+    good = tmp_path / "trouser.png"
+    good.write_bytes(_png(images[int(np.flatnonzero(labels == 1)[0])]))  # a real trouser from the test set
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    assert cli_main(["predict", "--json", str(good), str(bad)]) == 1  # one file failed
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0]["class_name"] == "Trouser"  # trousers are the easiest class (~99 % recall)
+    assert lines[1]["error"] == "not_an_image"
