@@ -643,9 +643,12 @@ class KafkaAdminDriver:
         max_delivery_attempts: int = 5,
     ) -> bool:
         if dead_letter_topic is not None:
-            raise errors.InvalidArgument(
-                f"kafka has no dead-letter policy (asked for {dead_letter_topic!r} on group {subscription!r}); "
-                "publish failed messages to a dead-letter topic yourself"
+            # As documented in fashionstream.pubsub.admin: Kafka has no broker-side dead-letter policy.
+            _log.warning(
+                "kafka has no dead-letter policy; ignoring dead_letter_topic=%r for group %r (publish failed "
+                "messages to a dead-letter topic yourself)",
+                dead_letter_topic,
+                subscription,
             )
         _check_topic(self._admin, topic, self._address, f"creating consumer group {subscription!r}")
         # The group itself comes to exist when a consumer joins; report whether it already had members or offsets.
@@ -666,6 +669,12 @@ class KafkaAdminDriver:
     def delete_subscription(self, subscription: str) -> None:
         future = self._admin.delete_consumer_groups([subscription], request_timeout=METADATA_TIMEOUT_S)[subscription]
         self._wait(future, f"deleting consumer group {subscription!r}")
+
+    def is_retryable(self, error: BaseException) -> bool:
+        return retryable(error)
+
+    def error_code(self, error: BaseException) -> ErrorCode:
+        return classify(error)
 
     def close(self) -> None:
         # AdminClient holds no state that needs flushing; dropping it closes its connections.
