@@ -299,6 +299,25 @@ def test_mem_dead_letter_after_max_delivery_attempts(mem_topic: str, unique_name
     assert (dead.data, dead.attributes) == (b"poison", {"why": "bad"})
 
 
+def test_mem_holds_back_a_key_while_its_earlier_message_is_outstanding(mem_topic: str) -> None:
+    sub_url = mem_subscription(mem_topic)
+    with open_topic(mem_topic) as pub:
+        for body in (b"k-1", b"k-2"):
+            pub.send(body, key="k").result(5)
+        pub.send(b"other", key="o").result(5)
+    with open_subscription(sub_url) as sub:
+        first = sub.receive(timeout=10)
+        other = sub.receive(timeout=10)
+        assert (first.data, other.data) == (b"k-1", b"other")
+        assert sub.receive_batch(10, timeout=0.5) == []  # k-2 waits for k-1
+        first.nack()
+        again = sub.receive(timeout=10)
+        assert again.data == b"k-1"  # redelivered before k-2, not after
+        again.ack()
+        other.ack()
+        assert sub.receive(timeout=10).data == b"k-2"
+
+
 def test_close_flushes_acks(mem_topic: str) -> None:
     sub_url = mem_subscription(mem_topic)
     with open_topic(mem_topic) as pub:
