@@ -35,6 +35,10 @@ Conventions the portable layer relies on (added with the portable layer):
   the project). For Kafka, `create_subscription(group, topic=...)` only checks
   that the topic exists (consumer groups need no creation); for `mem` the
   subscription belongs to `topic`.
+- An `AdminDriver` may also have `name`, `error_code(error)` and
+  `is_retryable(error)` like the other drivers; `fashionstream.pubsub.admin`
+  then wraps and retries its errors the same way (without them, native errors
+  become a plain `PubSubError` and are not retried).
 """
 
 from __future__ import annotations
