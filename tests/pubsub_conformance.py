@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from fashionstream.pubsub import Closed, Message, NotFound, Subscriber, open_subscription, open_topic
+from fashionstream.pubsub import Closed, InvalidArgument, Message, NotFound, Subscriber, open_subscription, open_topic
 
 RECEIVE_TIMEOUT = 60.0  # seconds; generous because Kafka group joins take a few seconds
 
@@ -258,6 +258,15 @@ class ConformanceCases:
         with pytest.raises(Closed):
             sub.receive_batch(10, timeout=1)
         assert list(sub) == []  # iteration ends at once on a closed subscriber
+
+    def test_unknown_query_parameter_is_invalid_argument(self, backend: Any) -> None:
+        topic = backend.new_topic()
+        sub_url = backend.new_subscription(topic)
+        with pytest.raises(InvalidArgument, match="bogus"):
+            open_topic(f"{topic}?bogus=1")
+        separator = "&" if "?" in sub_url else "?"
+        with pytest.raises(InvalidArgument, match="bogus"):
+            open_subscription(f"{sub_url}{separator}bogus=1")
 
     def test_missing_topic_raises_not_found_naming_it(self, backend: Any, unique_name: Any) -> None:
         missing = unique_name("missing-topic")
