@@ -23,6 +23,7 @@ passed to the client as given and never logged.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -254,24 +255,28 @@ class _PendingBatch:
 
     def __init__(self, size: int) -> None:
         self.ids: list[str] = [""] * size
-        self.remaining = size
+        self.size = size
         self.error: KafkaError | None = None
         self.done = threading.Event()
-        self._lock = threading.Lock()
+        # next() on itertools.count is atomic under the GIL: a lock-free completion counter for
+        # callbacks that several polling threads may run at once.
+        self._reported = itertools.count(1)
         if size == 0:
             self.done.set()
 
+    @property
+    def remaining(self) -> int:
+        return sum(1 for i in self.ids if not i)
+
     def callback(self, index: int) -> Callable[[KafkaError | None, Message], None]:
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
-            with self._lock:
-                if err is not None:
-                    if self.error is None:
-                        self.error = err
-                else:
-                    self.ids[index] = f"{msg.topic()}/{msg.partition()}/{msg.offset()}"
-                self.remaining -= 1
-                if self.remaining == 0:
-                    self.done.set()
+            if err is not None:
+                if self.error is None:
+                    self.error = err
+            else:
+                self.ids[index] = f"{msg.topic()}/{msg.partition()}/{msg.offset()}"
+            if next(self._reported) == self.size:
+                self.done.set()
 
         return on_delivery
 
@@ -371,6 +376,12 @@ class _PartitionOffsets:
         if offset not in self.outstanding:
             return False
         self.outstanding.discard(offset)
+        delivered = self.delivered
+        if delivered[0] == offset and not self.acked:
+            # The usual case, acks in delivery order: the head moves by one.
+            delivered.popleft()
+            self.commit_position = offset + 1
+            return True
         self.acked.add(offset)
         moved = False
         while self.delivered and self.delivered[0] in self.acked:
@@ -492,6 +503,8 @@ class KafkaSubscriptionDriver:
             raise RuntimeError(f"{self.name}: consumer closed")
         raw = self._consumer.consume(num_messages=max(1, max_messages), timeout=max(0.0, timeout))
         out: list[IncomingMessage] = []
+        # Hot loop (every message passes here): names bound once.
+        partitions, append = self._partitions, out.append
         for msg in raw:
             err = msg.error()
             if err is not None:
@@ -504,24 +517,26 @@ class KafkaSubscriptionDriver:
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
             if topic is None or partition is None or offset is None:
                 continue  # only error events lack these, and they were handled above
-            state = self._partitions.get((topic, partition))
+            state = partitions.get((topic, partition))
             if state is None:  # a message of a partition revoked meanwhile: its next owner gets it
                 continue
             state.deliver(offset)
-            out.append(_incoming(msg, topic, partition, offset))
+            append(_incoming(msg, topic, partition, offset))
         return out
 
     def send_acks(self, ack_ids: Sequence[Hashable]) -> None:
-        moved: list[tuple[str, int]] = []
+        moved: set[tuple[str, int]] = set()
+        partitions = self._partitions
         for ack_id in ack_ids:
             topic, partition, offset = _split_ack_id(ack_id)
-            state = self._partitions.get((topic, partition))
+            key = (topic, partition)
+            state = partitions.get(key)
             # Acks for partitions no longer ours, or for deliveries already rewound, change nothing.
             if state is not None and state.ack(offset):
-                moved.append((topic, partition))
+                moved.add(key)
         if moved:
             # Asynchronous: the next poll serves the result; a lost commit only means redelivery.
-            self._commit(sorted(set(moved)), asynchronous=True)
+            self._commit(sorted(moved), asynchronous=True)
 
     def can_nack(self) -> bool:
         return True
@@ -561,29 +576,32 @@ class KafkaSubscriptionDriver:
 
 
 def _split_ack_id(ack_id: Hashable) -> AckId:
-    if not (isinstance(ack_id, tuple) and len(ack_id) == 3):
-        raise ValueError(f"not a kafka ack id: {ack_id!r}")
-    topic, partition, offset = ack_id
-    return str(topic), int(partition), int(offset)
+    # Ack ids only ever come from _incoming, so unpacking is the whole check.
+    try:
+        topic, partition, offset = ack_id  # type: ignore[misc]
+    except (TypeError, ValueError):
+        raise ValueError(f"not a kafka ack id: {ack_id!r}") from None
+    return topic, partition, offset  # type: ignore[has-type]
 
 
 def _incoming(msg: Message, topic: str, partition: int, offset: int) -> IncomingMessage:
     headers = msg.headers()
-    # Attributes are text; headers written by other producers may not be UTF-8, or may be null.
-    pairs = headers.items() if isinstance(headers, dict) else headers or []
-    attributes = {k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v or "" for k, v in pairs}
+    if headers:
+        # Attributes are text; headers written by other producers may not be UTF-8, or may be null.
+        pairs = headers.items() if isinstance(headers, dict) else headers
+        attributes = {k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v or "" for k, v in pairs}
+    else:
+        attributes = {}
     raw_key = msg.key()
-    key = raw_key.decode("utf-8", "replace") if isinstance(raw_key, bytes) else raw_key
     kind, millis = msg.timestamp()
-    value = msg.value()
     return IncomingMessage(
-        data=value if isinstance(value, bytes) else b"" if value is None else bytes(value),
-        attributes=attributes,
-        key=key,
-        id=f"{topic}/{partition}/{offset}",
-        ack_id=(topic, partition, offset),
-        publish_time=datetime.fromtimestamp(millis / 1000, tz=UTC) if kind != TIMESTAMP_NOT_AVAILABLE else None,
-        delivery_attempt=None,  # Kafka does not count deliveries
+        msg.value() or b"",  # None for a tombstone
+        attributes,
+        raw_key.decode("utf-8", "replace") if raw_key is not None else None,
+        f"{topic}/{partition}/{offset}",
+        (topic, partition, offset),
+        datetime.fromtimestamp(millis / 1000, tz=UTC) if kind != TIMESTAMP_NOT_AVAILABLE else None,
+        None,  # delivery_attempt: Kafka does not count deliveries
     )
 
 
