@@ -37,6 +37,16 @@ def broker_url(backend: Any) -> str:
     return f"gcppubsub://projects/{backend.project}"
 
 
+@pytest.fixture(autouse=True)
+def no_orphans() -> Iterator[None]:
+    yield
+    while ServiceProcess.started:
+        service = ServiceProcess.started.pop()
+        if service.proc.poll() is None:
+            service.proc.kill()
+            service.proc.wait(timeout=10)
+
+
 @pytest.fixture
 def topology(external_backend: Any, unique_name: Any) -> Iterator[Topology]:
     made = Topology(
@@ -59,7 +69,13 @@ def topology(external_backend: Any, unique_name: Any) -> Iterator[Topology]:
 
 
 class ServiceProcess:
-    """`fashionstream serve` in a subprocess; knows its metrics port once the model is loaded."""
+    """`fashionstream serve` in a subprocess; knows its metrics port once the model is loaded.
+
+    Every instance is registered in `started` so the fixture kills any still running when a test
+    fails half-way (an orphaned service would go on eating the shared CPUs).
+    """
+
+    started: list[ServiceProcess] = []
 
     def __init__(self, topology: Topology, options: dict[str, object], log_path: Path) -> None:
         command = [
