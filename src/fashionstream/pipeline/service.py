@@ -296,6 +296,7 @@ class ModelService:
             with contextlib.suppress(FutureTimeout):
                 self._pending[0].future.exception(timeout=timeout or self.config.publish_timeout_s)
         still: deque[_Pending] = deque()
+        failures: list[BaseException] = []
         for pending in self._pending:
             if not pending.future.done():
                 still.append(pending)
@@ -303,7 +304,7 @@ class ModelService:
             self.metrics.in_flight.dec()
             error = pending.future.exception()
             if error is not None:
-                log.warning("publish failed (%s); request will be redelivered: %s", pending.kind, error)
+                failures.append(error)
                 self._settle(pending.message.nack)
                 self.stats.nacked += 1
                 self.metrics.nacked.inc()
@@ -321,6 +322,13 @@ class ModelService:
                 self.stats.dead_lettered[pending.kind] = self.stats.dead_lettered.get(pending.kind, 0) + 1
                 self.metrics.dead_lettered.labels(reason=pending.kind).inc()
         self._pending = still
+        if failures:
+            # One line per turn, not per message: a broker outage would otherwise flood the log.
+            log.warning(
+                "%d answers could not be published; their requests will be redelivered: %s",
+                len(failures),
+                failures[0],
+            )
 
     @staticmethod
     def _settle(action: Callable[[], None]) -> None:
