@@ -89,12 +89,12 @@ class ImageDataModule(L.LightningDataModule):
         val_idx, train_idx = order[: self.val_size], order[self.val_size :]
         if self.train_subset is not None:
             train_idx = train_idx[: self.train_subset]
-        x, y = torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels)
+        x, y = torch.from_numpy(np.array(images)), torch.from_numpy(np.array(labels))  # writable copies
         self._sets["train"] = TensorDataset(x[train_idx], y[train_idx])
         self._sets["val"] = TensorDataset(x[val_idx], y[val_idx])
         test_images, test_labels = self.load_arrays("test")
         self._sets["test"] = TensorDataset(
-            torch.from_numpy(np.ascontiguousarray(test_images)), torch.from_numpy(test_labels)
+            torch.from_numpy(np.array(test_images)), torch.from_numpy(np.array(test_labels))
         )
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
