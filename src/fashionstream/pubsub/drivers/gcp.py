@@ -35,13 +35,20 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.pubsub_v1 import PublisherClient, SubscriberClient
-from google.pubsub_v1.types import DeadLetterPolicy, PubsubMessage, Subscription, Topic
+from google.pubsub_v1.types import (
+    DeadLetterPolicy,
+    PublishRequest,
+    PubsubMessage,
+    PullResponse,
+    Subscription,
+    Topic,
+)
 
 from fashionstream.pubsub import errors
 from fashionstream.pubsub.driver import ErrorCode, IncomingMessage, OutgoingMessage, ParsedURL
@@ -64,6 +71,9 @@ MAX_PULL_MESSAGES = 1000
 PULL_DEADLINE_S = 30.0
 
 _log = logging.getLogger(__name__)
+
+_RAW_MESSAGE = PubsubMessage.pb()
+_RAW_PUBLISH_REQUEST = PublishRequest.pb()
 
 _CLIENT_OPTIONS = frozenset({"credentials", "client_options", "transport", "client_info"})
 
@@ -244,12 +254,19 @@ class GcpTopicDriver:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"{self.name}: {len(messages) - len(ids)} messages not sent within {timeout:.1f} s")
-            response = self._client.publish(
-                topic=self._topic,
-                messages=[PubsubMessage(data=m.data, attributes=m.attributes, ordering_key=m.key or "") for m in chunk],
-                timeout=remaining,
-                retry=None,  # the portable layer retries
+            # Raw protobuf messages, wrapped once without a copy: building proto-plus messages
+            # cost ~8 µs each, more than the rest of sending (measured with 1 KB messages).
+            request = PublishRequest.wrap(
+                _RAW_PUBLISH_REQUEST(
+                    topic=self._topic,
+                    messages=[
+                        _RAW_MESSAGE(data=m.data, attributes=m.attributes, ordering_key=m.key or "") for m in chunk
+                    ],
+                )
             )
+            response = self._client.publish(
+                request=request, timeout=remaining, retry=None
+            )  # the portable layer retries
             ids.extend(response.message_ids)
         return ids
 
@@ -312,7 +329,9 @@ class GcpSubscriptionDriver:
             except gexc.DeadlineExceeded:
                 return []
             if response.received_messages:
-                return [_incoming(received) for received in response.received_messages]
+                # The raw protobuf, not proto-plus wrappers: reading fields through the wrappers
+                # (a datetime conversion, a map copy, ...) doubled the client's CPU per message.
+                return [_incoming(received) for received in PullResponse.pb(response).received_messages]
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
@@ -354,18 +373,18 @@ class GcpSubscriptionDriver:
 
 
 def _incoming(received: Any) -> IncomingMessage:
+    """One IncomingMessage from a raw protobuf `ReceivedMessage`."""
     message = received.message
-    # proto-plus gives a timezone-aware datetime subclass (with nanoseconds); unset means None.
-    publish_time = message.publish_time if isinstance(message.publish_time, datetime) else None
+    stamp = message.publish_time
     return IncomingMessage(
-        data=message.data,
-        attributes=dict(message.attributes),
-        key=message.ordering_key or None,
-        id=message.message_id,
-        ack_id=received.ack_id,
-        publish_time=publish_time,
+        message.data,
+        dict(message.attributes),
+        message.ordering_key or None,
+        message.message_id,
+        received.ack_id,
+        datetime.fromtimestamp(stamp.seconds + stamp.nanos / 1e9, tz=UTC) if message.HasField("publish_time") else None,
         # The service counts deliveries only on subscriptions with a dead-letter policy; 0 means "not counted".
-        delivery_attempt=received.delivery_attempt or None,
+        received.delivery_attempt or None,
     )
 
 
