@@ -238,3 +238,41 @@ def test_partition_offsets_rewind_forgets_later_deliveries() -> None:
     state.deliver(1)
     assert state.ack(0) is True and state.pending_commit() == 1
     assert state.ack(1) is True and state.pending_commit() == 2
+
+
+def test_rebalance_hands_unacked_messages_to_the_new_owner(bootstrap: str, admin: kafka.KafkaAdminDriver) -> None:
+    name = f"test-kafka-rebalance-{uuid.uuid4().hex[:8]}"
+    admin.create_topic(name, partitions=2)
+    try:
+        pub = kafka.open_topic_driver(_url(bootstrap, name), {})
+        # Keys spread the messages over both partitions.
+        pub.send_batch([OutgoingMessage(data=f"m{i}".encode(), key=f"key-{i}") for i in range(20)], 30.0)
+        pub.close()
+        url = _url(bootstrap, name, "g-rebalance")
+        options: dict[str, object] = {"session.timeout.ms": 6000}
+        first = kafka.open_subscription_driver(url, options)
+        got = _receive(first, 20)  # owns both partitions; acks only the first message of each
+        heads: dict[int, IncomingMessage] = {}
+        for message in got:
+            heads.setdefault(int(message.id.split("/")[1]), message)
+        first.send_acks([m.ack_id for m in heads.values()])
+
+        second = kafka.open_subscription_driver(url, options)
+        taken: list[IncomingMessage] = []
+        deadline = time.monotonic() + 30
+        # Both must poll for the group to rebalance; `first` then gives one partition up.
+        while not taken and time.monotonic() < deadline:
+            first.receive_batch(10, 0.2)
+            taken = second.receive_batch(20, 0.2)
+        assert taken, "the second consumer never got a partition"
+        moved = int(taken[0].id.split("/")[1])
+        # The new owner starts right after the acked head: the unacked rest comes again.
+        unacked = [m for m in got if int(m.id.split("/")[1]) == moved and m is not heads[moved]]
+        taken += _receive(second, len(unacked) - len(taken), timeout=10) if len(taken) < len(unacked) else []
+        assert [m.id for m in taken] == [m.id for m in unacked]
+        # Acks of the old delivery from the consumer that lost the partition change nothing.
+        first.send_acks([m.ack_id for m in unacked])
+        second.close()
+        first.close()
+    finally:
+        admin.delete_topic(name)
