@@ -266,6 +266,7 @@ class _PendingBatch:
 
     @property
     def remaining(self) -> int:
+        """Messages without a confirmed id (not reported yet, or failed): for the timeout message."""
         return sum(1 for i in self.ids if not i)
 
     def callback(self, index: int) -> Callable[[KafkaError | None, Message], None]:
