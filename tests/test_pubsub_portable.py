@@ -218,6 +218,36 @@ def test_batches_are_sent_concurrently() -> None:
         assert all(f.exception(15) is None for f in futures)
 
 
+class RecordingTopic(ScriptedTopic):
+    """Records the order messages are accepted in; a batch's first attempt fails (retryably) when told to."""
+
+    def __init__(self, fail_first_attempt_of: set[bytes]) -> None:
+        super().__init__([])
+        self.fail_first_attempt_of = fail_first_attempt_of
+        self.accepted: list[tuple[str | None, bytes]] = []
+
+    def send_batch(self, messages: Sequence[OutgoingMessage], timeout: float) -> list[str]:
+        with self._lock:
+            if messages[0].data in self.fail_first_attempt_of:
+                self.fail_first_attempt_of.discard(messages[0].data)
+                raise ConnectionError("blip")  # retried after a backoff of 25-50 ms
+            self.accepted.extend((m.key, m.data) for m in messages)
+        time.sleep(0.001)  # a round trip, so batches overlap
+        return super().send_batch(messages, timeout)
+
+
+def test_a_retried_batch_is_not_overtaken_by_later_batches_of_its_key() -> None:
+    # Batches of one message, four in flight: the batches after a failed one must wait for its retry.
+    driver = RecordingTopic(fail_first_attempt_of={b"a-0", b"b-5"})
+    sent = [(key, f"{key}-{i}".encode()) for i in range(30) for key in ("a", "b", "c")]
+    with Publisher(driver, PublisherSettings(batch_size=1, max_in_flight=4, linger=0)) as pub:
+        futures = [pub.send(body, key=key) for key, body in sent]
+        assert all(f.exception(15) is None for f in futures)
+    for key in ("a", "b", "c"):
+        expected = [body for k, body in sent if k == key]
+        assert [body for k, body in driver.accepted if k == key] == expected, key
+
+
 class GatedTopic(ScriptedTopic):
     """Holds every batch until the gate opens: a broker that stopped answering."""
 

@@ -1,29 +1,32 @@
 """`Publisher`: the portable sending side, written once for every backend.
 
-`send()` validates the message, creates its future and puts it on a queue;
-that is the whole per-message cost on the caller's thread. A dispatcher
-thread groups queued messages into batches (a batch closes when it is full or
-`linger` seconds after its first message) and hands each batch to a pool of
-`max_in_flight` sender threads, so several round trips to the broker overlap.
-A sender retries retryable driver errors with backoff until `send_timeout`,
-then resolves every future of the batch with the broker's id or one wrapped error.
+Messages travel in `max_in_flight` *lanes*. A lane is a pending list plus one
+sender thread that sends the lane's batches strictly one after another,
+retries included, so batches of one lane never overtake each other. A keyed
+message always goes to the lane its key hashes to, which keeps per-key order
+while the lanes together keep up to `max_in_flight` batches in flight; keyless
+messages fill one lane's batch, then move on to the next lane.
+
+`send()` validates the message, creates its future and appends both to its
+lane's list under the lane's lock; that is the whole per-message cost on the
+caller's thread (no queue, no extra thread hop). The lane's thread takes the
+whole list as one batch when it is full or `linger` seconds after its first
+message, sends it with retries on retryable driver errors until
+`send_timeout`, and resolves every future of the batch with the broker's id
+or one wrapped error.
 """
 
 from __future__ import annotations
 
-import logging
-import queue
 import threading
 import time
-from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor, wait
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from types import TracebackType
 
 from fashionstream.pubsub import errors
 from fashionstream.pubsub.driver import OutgoingMessage, TopicDriver
 from fashionstream.pubsub.retry import call_with_retries, wrap_error
-
-log = logging.getLogger(__name__)
 
 #: Options `open_topic` consumes itself; every other option goes to the driver.
 PUBLISHER_OPTIONS = frozenset(
@@ -38,10 +41,11 @@ class PublisherSettings:
     batch_size: int = 1000  # messages per batch at most
     max_batch_bytes: int = 4 * 1024 * 1024  # bytes of message data per batch at most (one larger message goes alone)
     linger: float = 0.005  # seconds a batch waits for more messages after its first one
-    max_in_flight: int = 4  # batches being sent at the same time
+    max_in_flight: int = 4  # batches being sent at the same time: the number of lanes
     send_timeout: float = 30.0  # seconds per batch, retries included
-    # Messages waiting for a batch at most; send() blocks (up to send_timeout) beyond it, so a producer
-    # faster than its broker does not grow memory without bound (librdkafka's default queue is 100,000 too).
+    # Messages waiting for a batch at most (split evenly between the lanes); send() blocks (up to
+    # send_timeout) beyond it, so a producer faster than its broker does not grow memory without bound
+    # (librdkafka's default queue is 100,000 too).
     max_queued: int = 100_000
 
     def __post_init__(self) -> None:
@@ -57,40 +61,54 @@ class PublisherSettings:
             )
 
 
-_Item = tuple[OutgoingMessage, "Future[str]"]
+class _Lane:
+    """One lane: messages waiting for a batch, and the counters flush() and the sender thread share.
 
+    Every field is guarded by `lock`; the three conditions share it.
+    """
 
-class _FlushMarker:
-    """Put on the queue by flush(): the dispatcher answers with the batches in flight at that point."""
-
-    __slots__ = ("in_flight",)
+    __slots__ = (
+        "lock", "work", "room", "done", "messages", "futures", "nbytes", "first_at", "sleeping",
+        "taken", "completed", "flush_upto", "room_waiters", "flush_waiters", "stopping", "thread",
+    )  # fmt: skip
 
     def __init__(self) -> None:
-        self.in_flight: Future[list[Future[None]]] = Future()
-
-
-_STOP = object()
+        self.lock = threading.Lock()
+        self.work = threading.Condition(self.lock)  # the sender waits here for messages
+        self.room = threading.Condition(self.lock)  # send() waits here while the lane is full
+        self.done = threading.Condition(self.lock)  # flush() waits here for batches to complete
+        self.messages: list[OutgoingMessage] = []
+        self.futures: list[Future[str]] = []
+        self.nbytes = 0  # bytes of data in `messages`
+        self.first_at = 0.0  # monotonic time the oldest waiting message arrived
+        self.sleeping = False  # the sender waits on `work` and needs a notify to see a change
+        self.taken = 0  # messages ever taken into a batch
+        self.completed = 0  # messages whose future is resolved (taken or failed at close)
+        self.flush_upto = 0  # a flush waits for the first `flush_upto` messages: do not linger
+        self.room_waiters = 0
+        self.flush_waiters = 0
+        self.stopping = False
+        self.thread: threading.Thread | None = None  # started with the lane's first message
 
 
 class Publisher:
     """Sends messages to one topic. Open with `fashionstream.pubsub.open_topic(url)`.
 
-    Thread-safe: any number of threads may call `send` at once.
+    Thread-safe: any number of threads may call `send` at once. Messages with one key
+    reach the broker in the order their `send` calls returned.
     """
 
     def __init__(self, driver: TopicDriver, settings: PublisherSettings | None = None) -> None:
         self._driver = driver
-        self._settings = settings or PublisherSettings()
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._settings = settings = settings or PublisherSettings()
         self._lock = threading.Lock()
         self._closed = False
-        self._room = threading.Condition(threading.Lock())  # signalled when the backlog shrinks
-        self._waiting_for_room = False
-        self._in_flight: set[Future[None]] = set()
-        self._slots = threading.BoundedSemaphore(self._settings.max_in_flight)
-        self._senders = ThreadPoolExecutor(self._settings.max_in_flight, thread_name_prefix="pubsub-send")
-        self._dispatcher = threading.Thread(target=self._dispatch, name="pubsub-batcher", daemon=True)
-        self._dispatcher.start()
+        self._lanes = tuple(_Lane() for _ in range(settings.max_in_flight))
+        self._lane_count = len(self._lanes)
+        self._keyless_lane = 0  # where keyless messages go until that lane has a full batch waiting
+        self._lane_max_queued = max(1, settings.max_queued // settings.max_in_flight)
+        self._batch_size = settings.batch_size
+        self._max_batch_bytes = settings.max_batch_bytes
 
     @property
     def name(self) -> str:
@@ -104,7 +122,7 @@ class Publisher:
         attributes / key that are not str.
         """
         if self._closed:
-            raise errors.Closed(f"publisher for {self._driver.name} is closed; open a new one with open_topic()")
+            raise self._closed_error()
         if type(data) is not bytes:
             if not isinstance(data, bytes | bytearray | memoryview):
                 raise errors.InvalidArgument(
@@ -120,29 +138,62 @@ class Publisher:
             attributes = dict(attributes)  # the caller may reuse its dict
         else:
             attributes = {}
-        if key is not None and type(key) is not str:
+        if key is None:
+            index = self._keyless_lane
+        elif type(key) is str:
+            # hash() of a str is fixed for the life of the process: one key, one lane, one order.
+            index = hash(key) % self._lane_count
+        else:
             raise errors.InvalidArgument(f"message key must be str or None, got {type(key).__name__}")
-        if self._queue.qsize() >= self._settings.max_queued:
-            self._wait_for_room()
+        lane = self._lanes[index]
         future: Future[str] = Future()
-        self._queue.put((OutgoingMessage(data, attributes, key), future))
+        message = OutgoingMessage(data, attributes, key)
+        with lane.lock:
+            # Checked again under the lane's lock: close() flushes what is in the lanes once
+            # _closed is set, so nothing may be added after that.
+            if self._closed:
+                raise self._closed_error()
+            if len(lane.messages) >= self._lane_max_queued:
+                self._wait_for_room(lane)
+            messages = lane.messages
+            messages.append(message)
+            lane.futures.append(future)
+            lane.nbytes += len(data)
+            waiting = len(messages)
+            if waiting == 1:
+                lane.first_at = time.monotonic()
+                if lane.thread is None:
+                    self._start_sender(lane, index)
+            full = waiting >= self._batch_size or lane.nbytes >= self._max_batch_bytes
+            # Wake the sender only for its first message (it then lingers) or a full batch.
+            if lane.sleeping and (waiting == 1 or full):
+                lane.sleeping = False
+                lane.work.notify()
+        if full and key is None:
+            # A race here only sends a keyless message to another lane, which keyless messages allow.
+            self._keyless_lane = (index + 1) % self._lane_count
         return future
 
-    def _wait_for_room(self) -> None:
-        """Block the sender until the backlog is below max_queued (back-pressure), or time out."""
+    def _closed_error(self) -> errors.Closed:
+        return errors.Closed(f"publisher for {self._driver.name} is closed; open a new one with open_topic()")
+
+    def _wait_for_room(self, lane: _Lane) -> None:
+        """Block the caller (lane lock held) until the lane's backlog shrinks (back-pressure), or time out."""
         deadline = time.monotonic() + self._settings.send_timeout
-        with self._room:
-            while self._queue.qsize() >= self._settings.max_queued:
-                if self._closed:
-                    raise errors.Closed(f"publisher for {self._driver.name} is closed")
+        lane.room_waiters += 1
+        try:
+            while len(lane.messages) >= self._lane_max_queued:
+                if self._closed or lane.stopping:
+                    raise self._closed_error()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise errors.Timeout(
-                        f"{self._driver.name}: {self._queue.qsize()} messages still queued after "
+                        f"{self._driver.name}: {len(lane.messages)} messages still queued after "
                         f"{self._settings.send_timeout} s; the broker is not keeping up (is it reachable?)"
                     )
-                self._waiting_for_room = True
-                self._room.wait(min(remaining, 0.05))
+                lane.room.wait(remaining)
+        finally:
+            lane.room_waiters -= 1
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every message sent before this call is confirmed or failed.
@@ -150,27 +201,43 @@ class Publisher:
         Raises Timeout if that takes longer than `timeout` seconds. Send errors are
         not raised here; they are in each message's future.
         """
-        if not self._dispatcher.is_alive():
-            return
-        started = time.monotonic()
-        marker = _FlushMarker()
-        self._queue.put(marker)
-        try:
-            in_flight = marker.in_flight.result(timeout)
-            remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
-            _, not_done = wait(in_flight, remaining)
-        except TimeoutError as err:
-            raise errors.Timeout(f"flushing {self._driver.name} did not finish within {timeout} s") from err
-        if not_done:
-            raise errors.Timeout(
-                f"flushing {self._driver.name}: {len(not_done)} batch(es) still unconfirmed after {timeout} s"
-            )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        targets: list[tuple[_Lane, int]] = []
+        for lane in self._lanes:
+            with lane.lock:
+                target = lane.taken + len(lane.messages)
+                if lane.completed >= target:
+                    continue
+                if target > lane.flush_upto:
+                    lane.flush_upto = target  # the sender stops lingering for these
+                    if lane.sleeping:
+                        lane.sleeping = False
+                        lane.work.notify()
+                targets.append((lane, target))
+        for lane, target in targets:
+            with lane.lock:
+                lane.flush_waiters += 1
+                try:
+                    while lane.completed < target:
+                        if deadline is None:
+                            lane.done.wait()
+                            continue
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            raise errors.Timeout(
+                                f"flushing {self._driver.name}: {target - lane.completed} message(s) "
+                                f"still unconfirmed after {timeout} s"
+                            )
+                        lane.done.wait(remaining)
+                finally:
+                    lane.flush_waiters -= 1
 
     def close(self, timeout: float | None = None) -> None:
         """Flush, then release the driver. Later sends raise Closed. Calling close twice is harmless.
 
         `timeout` bounds the flush (default: send_timeout plus a margin); Timeout is
         raised if messages were still unconfirmed, after the publisher was closed anyway.
+        Messages still waiting for a batch then fail with Closed.
         """
         with self._lock:
             if self._closed:
@@ -181,11 +248,16 @@ class Publisher:
         try:
             self.flush(timeout)
         finally:
-            self._queue.put(_STOP)
-            self._dispatcher.join()
-            self._senders.shutdown(wait=False, cancel_futures=True)
-            # A send() that passed the closed check just before close() can land after _STOP.
-            self._fail_leftovers()
+            for lane in self._lanes:
+                with lane.lock:
+                    lane.stopping = True
+                    lane.work.notify_all()
+                    lane.room.notify_all()
+            for lane in self._lanes:
+                # A sender stuck in the driver after a timed-out flush is not waited for: it fails
+                # its lane's remaining messages with Closed once the driver call returns.
+                if lane.thread is not None:
+                    lane.thread.join(1.0)
             try:
                 self._driver.close()
             except Exception as err:
@@ -204,87 +276,61 @@ class Publisher:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _dispatch(self) -> None:
-        """Form batches from the queue and submit them; runs on the dispatcher thread."""
-        settings = self._settings
-        carry: _Item | None = None  # a message that did not fit in the previous batch
+    def _start_sender(self, lane: _Lane, index: int) -> None:
+        """Start the lane's sender thread (lane lock held)."""
+        lane.thread = threading.Thread(target=self._run_lane, args=(lane,), name=f"pubsub-send-{index}", daemon=True)
+        lane.thread.start()
+
+    def _run_lane(self, lane: _Lane) -> None:
+        """The lane's sender thread: take a batch, send it (retries included), resolve it; repeat."""
+        linger = self._settings.linger
+        batch_size, max_bytes = self._batch_size, self._max_batch_bytes
         while True:
-            # Take a sender slot before forming the batch: while every sender is busy,
-            # messages pile up in the queue and the next batch comes out bigger.
-            self._slots.acquire()
-            first: object = carry if carry is not None else self._queue.get()
-            carry = None
-            if first is _STOP:
-                self._slots.release()
-                return
-            if isinstance(first, _FlushMarker):
-                self._slots.release()
-                first.in_flight.set_result(self._snapshot_in_flight())
-                continue
-            batch: list[_Item] = [first]  # type: ignore[list-item]
-            size = len(batch[0][0].data)
-            close_at = time.monotonic() + settings.linger
-            marker: _FlushMarker | None = None
-            stop = False
-            while len(batch) < settings.batch_size:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
+            with lane.lock:
+                while not lane.messages and not lane.stopping:
+                    lane.sleeping = True
+                    lane.work.wait()
+                if lane.stopping:
+                    lane.sleeping = False
+                    self._fail_waiting(lane)
+                    return
+                # Linger for a fuller batch, unless it is full, a flush waits for it, or we are closing.
+                close_at = lane.first_at + linger
+                while (
+                    len(lane.messages) < batch_size
+                    and lane.nbytes < max_bytes
+                    and lane.flush_upto <= lane.taken
+                    and not lane.stopping
+                ):
                     remaining = close_at - time.monotonic()
                     if remaining <= 0:
                         break
-                    try:
-                        item = self._queue.get(timeout=remaining)
-                    except queue.Empty:
-                        break
-                if item is _STOP:
-                    stop = True
-                    break
-                if isinstance(item, _FlushMarker):
-                    marker = item  # a flush closes the batch now instead of lingering
-                    break
-                message_item: _Item = item  # type: ignore[assignment]
-                size += len(message_item[0].data)
-                if size > settings.max_batch_bytes:
-                    carry = message_item
-                    break
-                batch.append(message_item)
-            self._submit(batch)
-            if self._waiting_for_room:
-                with self._room:
-                    self._waiting_for_room = False
-                    self._room.notify_all()
-            if marker is not None:
-                marker.in_flight.set_result(self._snapshot_in_flight())
-            if stop:
-                if carry is not None:
-                    self._slots.acquire()
-                    self._submit([carry])
-                return
+                    lane.sleeping = True
+                    lane.work.wait(remaining)
+                lane.sleeping = False
+                messages, futures = lane.messages, lane.futures
+                if len(messages) > batch_size or lane.nbytes > max_bytes:
+                    cut = _batch_end(messages, batch_size, max_bytes)
+                    # The rest already waited its linger: its first_at stays in the past.
+                    lane.messages, lane.futures = messages[cut:], futures[cut:]
+                    messages, futures = messages[:cut], futures[:cut]
+                    lane.nbytes -= sum(len(m.data) for m in messages)
+                else:
+                    lane.messages, lane.futures = [], []
+                    lane.nbytes = 0
+                lane.taken += len(messages)
+                if lane.room_waiters:
+                    lane.room.notify_all()
+            try:
+                self._send_batch(messages, futures)
+            finally:
+                with lane.lock:
+                    lane.completed += len(messages)
+                    if lane.flush_waiters:
+                        lane.done.notify_all()
 
-    def _snapshot_in_flight(self) -> list[Future[None]]:
-        with self._lock:
-            return list(self._in_flight)
-
-    def _submit(self, batch: list[_Item]) -> None:
-        """Start sending `batch` on a sender thread; the caller holds one sender slot."""
-        future = self._senders.submit(self._send_batch, batch)
-        with self._lock:
-            self._in_flight.add(future)
-        future.add_done_callback(lambda done: self._batch_done(done, batch))
-
-    def _batch_done(self, future: Future[None], batch: list[_Item]) -> None:
-        with self._lock:
-            self._in_flight.discard(future)
-        self._slots.release()
-        if future.cancelled():  # close() gave up on it: its messages must not wait forever
-            closed = errors.Closed(f"publisher for {self._driver.name} was closed before sending")
-            for _, fut in batch:
-                _resolve(fut, None, closed)
-
-    def _send_batch(self, batch: list[_Item]) -> None:
-        """Send one batch with retries and resolve its futures; runs on a sender thread."""
-        messages = [msg for msg, _ in batch]
+    def _send_batch(self, messages: list[OutgoingMessage], futures: list[Future[str]]) -> None:
+        """Send one batch with retries and resolve its futures; runs on the lane's thread."""
         driver = self._driver
         try:
             ids = call_with_retries(
@@ -298,28 +344,40 @@ class Publisher:
                 )
         except Exception as err:
             wrapped = wrap_error(driver, err, "sending to")
-            for _, fut in batch:
-                _resolve(fut, None, wrapped)
+            for future in futures:
+                _resolve(future, None, wrapped)
             return
-        for (_, fut), message_id in zip(batch, ids, strict=True):
+        for future, message_id in zip(futures, ids, strict=True):
             # A caller may have cancelled its future; the message went out anyway (it was already
-            # queued), and a cancelled future cannot take a result. Checking here instead of
+            # queued), and a cancelled future cannot take a result. Catching that here instead of
             # set_running_or_notify_cancel() per message keeps the hot path one lock shorter.
             try:  # noqa: SIM105 - try/except is cheaper than contextlib.suppress on this per-message path
-                fut.set_result(message_id)
+                future.set_result(message_id)
             except InvalidStateError:
                 pass
 
-    def _fail_leftovers(self) -> None:
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if isinstance(item, _FlushMarker):
-                item.in_flight.set_result([])
-            elif isinstance(item, tuple):
-                _resolve(item[1], None, errors.Closed(f"publisher for {self._driver.name} was closed before sending"))
+    def _fail_waiting(self, lane: _Lane) -> None:
+        """Fail the messages still waiting in a lane at close (lane lock held)."""
+        if not lane.messages:
+            return
+        closed = errors.Closed(f"publisher for {self._driver.name} was closed before sending")
+        for future in lane.futures:
+            _resolve(future, None, closed)
+        lane.completed += len(lane.futures)
+        lane.messages, lane.futures = [], []
+        lane.nbytes = 0
+        lane.done.notify_all()
+        lane.room.notify_all()
+
+
+def _batch_end(messages: list[OutgoingMessage], batch_size: int, max_bytes: int) -> int:
+    """How many of the leading `messages` make one batch: at most batch_size, at most max_bytes (at least one)."""
+    size = 0
+    for index, message in enumerate(messages[:batch_size]):
+        size += len(message.data)
+        if size > max_bytes:
+            return max(index, 1)
+    return min(len(messages), batch_size)
 
 
 def _resolve(future: Future[str], result: str | None, error: BaseException | None) -> None:
