@@ -88,7 +88,7 @@ class Subscriber:
         self._ready = threading.Condition(self._lock)  # signalled when the buffer fills, on error and on close
         self._buffer: collections.deque[IncomingMessage] = collections.deque()
         self._outstanding: dict[Hashable, Message] = {}
-        self._deadlines: collections.deque[tuple[float, Message]] = collections.deque()
+        self._deadlines: collections.deque[tuple[float, list[Message]]] = collections.deque()
         self._pending_acks: list[Hashable] = []
         self._pending_nacks: list[Hashable] = []
         self._error: errors.PubSubError | None = None
@@ -123,7 +123,7 @@ class Subscriber:
                     if self._starved:
                         self._starved = False  # one wake-up per stall, not one per message
                         self._wake.set()
-                    return self._deliver(self._buffer.popleft())
+                    return self._deliver(1)[0]
                 if self._error is not None:
                     raise self._error
                 if deadline is None:
@@ -147,7 +147,7 @@ class Subscriber:
                     if self._starved:
                         self._starved = False  # one wake-up per stall, not one per message
                         self._wake.set()
-                    return [self._deliver(self._buffer.popleft()) for _ in range(count)]
+                    return self._deliver(count)
                 if self._error is not None:
                     raise self._error
                 if deadline is None:
@@ -227,22 +227,28 @@ class Subscriber:
                 f"subscriber for {self._driver.name} is closed; open a new one with open_subscription()"
             )
 
-    def _deliver(self, incoming: IncomingMessage) -> Message:
-        """Wrap a buffered message for the caller (lock held)."""
-        message = Message(
-            data=incoming.data,
-            attributes=incoming.attributes,
-            key=incoming.key,
-            id=incoming.id,
-            ack_id=incoming.ack_id,
-            publish_time=incoming.publish_time,
-            delivery_attempt=incoming.delivery_attempt,
-            sink=self,
-        )
-        self._outstanding[incoming.ack_id] = message
+    def _deliver(self, count: int) -> list[Message]:
+        """Take `count` buffered messages and wrap them for the caller (lock held)."""
+        take, outstanding = self._buffer.popleft, self._outstanding
+        messages: list[Message] = []
+        for _ in range(count):
+            incoming = take()
+            message = Message(
+                data=incoming.data,
+                attributes=incoming.attributes,
+                key=incoming.key,
+                id=incoming.id,
+                ack_id=incoming.ack_id,
+                publish_time=incoming.publish_time,
+                delivery_attempt=incoming.delivery_attempt,
+                sink=self,
+            )
+            outstanding[incoming.ack_id] = message
+            messages.append(message)
         if self._ack_deadline is not None:
-            self._deadlines.append((time.monotonic() + self._ack_deadline, message))
-        return message
+            # One deadline per delivered batch, not per message: they share it.
+            self._deadlines.append((time.monotonic() + self._ack_deadline, messages))
+        return messages
 
     def _expire(self, now: float) -> list[Hashable]:
         """Nack delivered messages whose emulated deadline passed (lock held).
@@ -251,11 +257,12 @@ class Subscriber:
         """
         expired: list[Hashable] = []
         while self._deadlines and self._deadlines[0][0] <= now:
-            _, message = self._deadlines.popleft()
-            if not message._done:
-                message._done = True
-                self._outstanding.pop(message._ack_id, None)
-                expired.append(message._ack_id)
+            _, messages = self._deadlines.popleft()
+            for message in messages:
+                if not message._done:
+                    message._done = True
+                    self._outstanding.pop(message._ack_id, None)
+                    expired.append(message._ack_id)
         return expired
 
     def _work(self) -> None:
