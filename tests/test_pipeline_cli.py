@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,6 +16,17 @@ from fashionstream.pipeline.options import apply_env_defaults, parse_client_opti
 from fashionstream.pipeline.service import ModelService, ServiceConfig
 from fashionstream.pipeline.topology import Topology, subscription_url, topic_url
 from fashionstream.pubsub import open_subscription, open_topic
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """The commands point the root logger at the (captured) stderr; put it back so later tests' threads
+    do not log into a closed capture stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def test_every_option_can_come_from_the_environment() -> None:

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import io
 import json
+import logging
 import struct
 import threading
 import time
@@ -33,6 +34,17 @@ from fashionstream.pipeline.producer import labelled_test_images, png_bytes
 from fashionstream.pipeline.service import ModelService, ServiceConfig
 from fashionstream.pipeline.topology import Topology
 from fashionstream.pubsub import admin, open_subscription, open_topic
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """The commands point the root logger at the (captured) stderr; put it back so later tests' threads
+    do not log into a closed capture stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="module")
