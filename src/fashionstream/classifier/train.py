@@ -14,12 +14,14 @@ Uses a GPU with bf16 autocast when present, else the CPU.
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import sys
 import warnings
 from pathlib import Path
 
 import torch
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -28,6 +30,26 @@ from fashionstream.classifier.data import FashionMNIST, ImageDataModule
 from fashionstream.classifier.module import FashionCNN, ImageClassifier, ResNet
 
 __all__ = ["FashionCNN", "FashionMNIST", "ResNet", "TrainCLI", "main"]
+
+
+class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """jsonargparse's help layout, keeping the description's line breaks (the model table)."""
+
+
+def _description(with_models: bool) -> str:
+    """The help text's first lines: what the command is and, for --help, each model's cost at its defaults."""
+    from fashionstream.classifier.nets import count_macs, count_params
+
+    lines = [__doc__.split("\n\n")[0]]
+    if not with_models:  # counting MACs runs each net once: only worth it when someone reads the help
+        return lines[0]
+    lines += ["", "Models (--model NAME), at their default sizes:"]
+    for model_class in (FashionCNN, ResNet):
+        net = model_class().net
+        lines.append(
+            f"  {model_class.__name__:<11} {count_params(net):>12,d} params {count_macs(net):>14,d} MACs per image"
+        )
+    return "\n".join(lines)
 
 
 class TrainCLI(LightningCLI):
@@ -55,7 +77,11 @@ class TrainCLI(LightningCLI):
                 "deterministic": False,
             },
             args=argv,
-            parser_kwargs={"prog": "fashionstream train", "description": __doc__.split("\n\n")[0]},
+            parser_kwargs={
+                "prog": "fashionstream train",
+                "description": _description(with_models=bool({"-h", "--help"} & set(argv))),
+                "formatter_class": _HelpFormatter,
+            },
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
