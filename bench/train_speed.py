@@ -12,6 +12,7 @@ and wall times are an upper bound for an idle box.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -55,9 +56,13 @@ def summarise(run_dir: Path) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    if not argv:
-        raise SystemExit(__doc__)
-    runs = [summarise(Path(a).resolve()) for a in argv]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="finished run directories (runs/NAME/version_N)")
+    args = parser.parse_args(argv)
+    missing = [d for d in args.run_dirs if not (d / "metrics.csv").is_file()]
+    if missing:
+        parser.error(f"no metrics.csv in {', '.join(map(str, missing))}: pass finished `fashionstream train` run dirs")
+    runs = [summarise(d.resolve()) for d in args.run_dirs]
     out = ROOT / "bench" / "results" / "train_speed.json"
     out.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
     print(f"wrote {out}")
