@@ -157,7 +157,8 @@ def export(
         ckpt_path = Path(checkpoint)
     run = Path(run_dir) if run_dir else ckpt_path.parent.parent
     module = load_checkpoint(ckpt_path)
-    net: nn.Module = module.eval_net.eval()
+    # Training keeps weights channels-last; serving files get plain contiguous tensors.
+    net: nn.Module = module.eval_net.eval().to(memory_format=torch.contiguous_format)
     exported: nn.Module = FlipTTA(net).eval() if tta else net
 
     out = Path(output_dir)

@@ -56,7 +56,9 @@ class ImageClassifier(L.LightningModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        self.net = self.build_net()
+        # Channels-last weights: a 1-channel channels-last input is indistinguishable from a contiguous one,
+        # so without this the convolutions fall back to NCHW kernels (~20 % slower on a CPU, slower on GPUs).
+        self.net = self.build_net().to(memory_format=torch.channels_last)
         # A frozen copy updated after every step; requires_grad=False keeps it out of the optimiser.
         self.ema = copy.deepcopy(self.net).requires_grad_(False) if ema_decay > 0 else None
         self._fit_started = 0.0
