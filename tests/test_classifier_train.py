@@ -113,3 +113,32 @@ def test_resnet_by_class_name_with_original_spelling(tmp_path: Path) -> None:
     assert cli_main(argv) == 0
     (config,) = tmp_path.rglob("config.yaml")
     assert "class_path: fashionstream.classifier.module.ResNet" in config.read_text()
+
+
+def test_stemless_fashion_cnn_has_one_full_resolution_conv() -> None:
+    from fashionstream.classifier.nets import FashionCNN, count_macs
+
+    stemless, default = FashionCNN(widths=(0, 24, 48, 112)), FashionCNN()
+    full_res = [m for m in stemless.features if isinstance(m, torch.nn.Sequential)][:1]
+    assert full_res[0][0].in_channels == 1 and full_res[0][0].out_channels == 24
+    assert stemless(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert count_macs(stemless) == 23_766_848 < count_macs(default)
+
+
+def test_patch_cnn_shapes_cost_and_onnx_parity(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from fashionstream.classifier.export import export_onnx
+    from fashionstream.classifier.nets import PatchCNN, count_macs
+
+    torch.manual_seed(0)
+    net = PatchCNN(widths=(32, 64)).eval()
+    stage_14 = 14 * 14 * 32 * 9 * (4 + 2 * 32)  # unshuffled stem conv + residual pair, at 14×14
+    stage_7 = 7 * 7 * 64 * 9 * (32 + 2 * 64)
+    assert count_macs(net) == stage_14 + stage_7 + 128 * 10
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        expected = net(x).numpy()  # (5, 10)
+    export_onnx(net, tmp_path / "patch.onnx")  # space-to-depth must survive the export
+    session = ort.InferenceSession(str(tmp_path / "patch.onnx"), providers=["CPUExecutionProvider"])
+    assert np.abs(session.run(None, {"images": x.numpy()})[0] - expected).max() <= 1e-4

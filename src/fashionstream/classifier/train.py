@@ -27,9 +27,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from fashionstream.classifier import reports
 from fashionstream.classifier.data import FashionMNIST, ImageDataModule
-from fashionstream.classifier.module import FashionCNN, ImageClassifier, ResNet
+from fashionstream.classifier.module import FashionCNN, ImageClassifier, PatchCNN, ResNet
 
-__all__ = ["FashionCNN", "FashionMNIST", "ResNet", "TrainCLI", "main"]
+__all__ = ["FashionCNN", "FashionMNIST", "PatchCNN", "ResNet", "TrainCLI", "main"]
 
 
 class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -44,7 +44,7 @@ def _description(with_models: bool) -> str:
     if not with_models:  # counting MACs runs each net once: only worth it when someone reads the help
         return lines[0]
     lines += ["", "Models (--model NAME), at their default sizes:"]
-    for model_class in (FashionCNN, ResNet):
+    for model_class in (FashionCNN, PatchCNN, ResNet):
         net = model_class().net
         lines.append(
             f"  {model_class.__name__:<11} {count_params(net):>12,d} params {count_macs(net):>14,d} MACs per image"
