@@ -61,6 +61,18 @@ def test_smoke_training_learns_and_writes_the_run_outputs(smoke_run: Path) -> No
     assert len(report["per_class"]) == 10 and {"precision", "recall"} <= set(report["per_class"][0])
 
 
+def test_run_summary_records_machine_seed_epochs_time_cost_and_accuracy(smoke_run: Path) -> None:
+    summary = json.loads((smoke_run / "run_summary.json").read_text())
+    assert summary["macs"] == 28_000_448 and summary["params"] == 337_530
+    assert summary["seed"] == 0 and summary["epochs_run"] == 3 and summary["max_epochs"] == 3
+    assert summary["machine"]["cores"] and summary["machine"]["accelerator"] in ("cpu", "cuda")
+    assert 0 < summary["fit_wall_s"] < 600
+    # The same number the test pass wrote into its report, not a second estimate.
+    assert summary["test_acc"] == pytest.approx(json.loads((smoke_run / "test_metrics.json").read_text())["accuracy"])
+    assert 0.6 < summary["best_val_acc"] <= 1 and 0 < summary["test_acc_tta"] <= 1
+    assert summary["command"].startswith("fashionstream train fit --model FashionCNN")
+
+
 def test_export_parity_onnx_and_torchscript(smoke_run: Path, tmp_path: Path) -> None:
     import onnxruntime as ort
 
@@ -94,7 +106,7 @@ def test_every_config_runs_a_few_steps(config: Path, tmp_path: Path) -> None:
     argv = [
         "train", "fit", "--config", str(config),
         "--trainer.max_steps", "3", "--trainer.limit_val_batches", "1", "--trainer.accelerator", "cpu",
-        "--trainer.precision", "32-true", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_progress_bar", "false",  # each config's own precision: bf16-mixed runs on CPUs too
         "--data.train_subset", "1024", "--test_after_fit", "false",
         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
     ]  # fmt: skip

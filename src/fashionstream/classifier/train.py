@@ -8,15 +8,21 @@
 Each run writes to `runs/<logger name>/version_N/`: `config.yaml` (resolved), `command.txt`,
 `metrics.csv`, `checkpoints/` (best on `val/acc`), `training_curve.png`, and — after `fit` the
 best checkpoint is tested once on the 10 k test set (`--test_after_fit false` skips it) —
-`confusion_matrix.png`, `per_class.md`, `test_metrics.json`. Test results never choose anything.
-Uses a GPU with bf16 autocast when present, else the CPU.
+`confusion_matrix.png`, `per_class.md`, `test_metrics.json`, and `run_summary.json` (machine, seed,
+epochs, fit wall time, params, MACs, validation and test accuracy: what `bench/train_speed.py`
+collects into bench/results/). Test results never choose anything.
+Uses a GPU with bf16 autocast when present, else the CPU (a config may ask for bf16 on the CPU too).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import shlex
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -110,16 +116,69 @@ class TrainCLI(LightningCLI):
         from fashionstream.classifier.nets import count_macs, count_params
 
         net = self.model.net
-        print(f"{type(self.model).__name__}: {count_params(net):,d} params, {count_macs(net):,d} MACs per image")
+        self._params, self._macs = count_params(net), count_macs(net)
+        print(f"{type(self.model).__name__}: {self._params:,d} params, {self._macs:,d} MACs per image")
+        self._fit_started = time.perf_counter()  # after the MAC count: only Trainer.fit is timed
 
     def after_fit(self) -> None:
+        fit_wall_s = time.perf_counter() - self._fit_started
         log_dir = Path(self.trainer.log_dir or "runs")
         metrics = log_dir / "metrics.csv"
         if metrics.is_file():
             reports.plot_training_curve(metrics, log_dir / "training_curve.png")
+        test: dict[str, float] = {}
         if self.config[self.subcommand].get("test_after_fit", True) and not self.trainer.fast_dev_run:
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best")
+            (test,) = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best")
+        if not self.trainer.fast_dev_run:
+            summary = self._run_summary(fit_wall_s, test)
+            (log_dir / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            test_note = f", test acc {test['test/acc']:.4f}" if test else ""
+            print(f"fit wall time {fit_wall_s:.1f} s{test_note}")
         print(f"run directory: {log_dir}")
+
+    def _run_summary(self, fit_wall_s: float, test: dict[str, float]) -> dict[str, object]:
+        """One run's facts for the benchmark tables: what ran, where, how long, how well."""
+        config = self.config[self.subcommand]
+        best = self.trainer.checkpoint_callback
+        best_val = getattr(best, "best_model_score", None)
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        return {
+            "command": "fashionstream train " + shlex.join(self._argv),
+            "config_files": [str(c) for c in (config.get("config") or [])],
+            "model": config["model"]["class_path"],
+            "model_args": config["model"]["init_args"].as_dict(),
+            "params": self._params,
+            "macs": self._macs,
+            "seed": config.get("seed_everything"),
+            "max_epochs": config["trainer"].get("max_epochs"),
+            "epochs_run": self.trainer.current_epoch,
+            "batch_size": config["data"]["init_args"].get("batch_size"),
+            "precision": str(self.trainer.precision),
+            "machine": {
+                "host": platform.node(),
+                "cpu": _cpu_name(),
+                "cores": os.cpu_count(),
+                "torch_threads": torch.get_num_threads(),
+                "accelerator": "cuda" if gpu else "cpu",
+                "gpu": gpu,
+                "torch": torch.__version__,
+            },
+            "fit_wall_s": round(fit_wall_s, 1),
+            "best_val_acc": float(best_val) if best_val is not None else None,
+            "test_acc": test.get("test/acc"),
+            "test_acc_tta": test.get("test/acc_tta"),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+
+
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one (Linux), else the architecture."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:
