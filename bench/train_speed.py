@@ -112,11 +112,15 @@ def recipe_of(command: str) -> str:
 
 
 def group_by_recipe(runs: list[dict]) -> list[dict]:
-    groups: dict[str, list[dict]] = {}
+    # A config file can change between runs of the same command line, so the resolved net, epoch count
+    # and batch size are part of the recipe's name.
+    groups: dict[tuple[str, int], list[dict]] = {}
     for run in runs:
-        groups.setdefault(recipe_of(run["command"]), []).append(run)
+        net = f"{run['model'].rsplit('.', 1)[-1]} {run['model_args'].get('widths', '')}".strip()
+        recipe = f"{recipe_of(run['command'])} → {net}, {run['max_epochs']} epochs, batch {run['batch_size']}"
+        groups.setdefault((recipe, run["macs"]), []).append(run)
     rows = []
-    for recipe, members in groups.items():
+    for (recipe, _), members in groups.items():
         tests = [r["test_acc"] for r in members if r.get("test_acc") is not None]
         ttas = [r["test_acc_tta"] for r in members if r.get("test_acc_tta") is not None]
         walls = [r["fit_wall_s"] for r in members]
@@ -180,10 +184,12 @@ def plot_macs(runs: list[dict], groups: list[dict], out: Path) -> None:
     ax.scatter([], [], marker="D", color="tab:red", label="recipe mean over seeds")
     ax.axhline(0.955, color="grey", linestyle="--", linewidth=0.8)
     ax.axvline(30, color="grey", linestyle=":", linewidth=0.8)
-    ax.set(xscale="log", xlabel="MACs per image (millions, log scale)", ylabel="test accuracy (10 k images)",
-           title="accuracy against model cost")  # fmt: skip
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="lower right")
+    accs = [r["test_acc"] for r in tested] + [0.955]
+    x_max = 1.15 * max([30e6] + [r["macs"] for r in runs]) / 1e6
+    ax.set(xlabel="MACs per image (millions)", ylabel="test accuracy (10 k images)",
+           title="accuracy against model cost", xlim=(0, x_max), ylim=(min(accs) - 0.004, 0.96))  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -216,7 +222,7 @@ def markdown_tables(runs: list[dict], groups: list[dict]) -> str:
         "| run | model | MACs | seed | epochs | batch | precision | fit wall time | best val | test | test flip-TTA |",
         "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
-    for r in sorted(runs, key=lambda r: r.get("finished_at") or r["name"]):
+    for r in sorted(runs, key=lambda r: (r.get("finished_at") or "", r["name"])):  # rebuilt older runs first
         lines.append(
             f"| {r['name']} | {r['model'].rsplit('.', 1)[-1]} {r['model_args'].get('widths', '')} "
             f"| {r['macs'] / 1e6:.1f} M | {r['seed']} | {r['epochs_run']} | {r['batch_size']} | {r['precision']} "
