@@ -152,6 +152,7 @@ def _plt():  # type: ignore[no-untyped-def]
 def plot_time(runs: list[dict], out: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # tab10 repeats colours past ten runs
     for run in sorted(runs, key=lambda r: r["name"]):
         minutes = [c["elapsed_s"] / 60 for c in run["curve"]]
         test = f", test {run['test_acc']:.4f}" if run.get("test_acc") else ""
