@@ -64,14 +64,13 @@ def summary_of_older_run(run_dir: Path, series: dict[str, list[tuple[int, float]
     import yaml
 
     from fashionstream.classifier.nets import count_macs, count_params
+    from fashionstream.classifier.train import cpu_name
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     module_name, class_name = config["model"]["class_path"].rsplit(".", 1)
     net = getattr(importlib.import_module(module_name), class_name)(**config["model"]["init_args"]).net
     tests = {k: v[-1][1] for k, v in series.items() if k.startswith("test/")}
     elapsed = series.get("time/elapsed_s", [])
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.machine())  # fmt: skip
     return {
         "command": (run_dir / "command.txt").read_text().strip(),
         "model": config["model"]["class_path"],
@@ -85,7 +84,7 @@ def summary_of_older_run(run_dir: Path, series: dict[str, list[tuple[int, float]
         "precision": config["trainer"].get("precision"),
         "machine": {
             "host": platform.node(),
-            "cpu": cpu,
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "torch_threads": config.get("threads"),
             "accelerator": "cpu",

@@ -26,6 +26,14 @@ def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     )
 
 
+def max_mean_pool(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, 2C): global max and mean pooling side by side.
+
+    Max keeps small strong cues (a strap, a heel), mean the overall shape.
+    """
+    return torch.cat([x.amax(dim=(2, 3)), x.mean(dim=(2, 3))], dim=1)
+
+
 class Residual(nn.Module):
     """x + f(x) with f two conv-bn-relu layers at constant width and resolution."""
 
@@ -79,10 +87,7 @@ class FashionCNN(nn.Module):
         self.head = nn.Linear(2 * w3, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)  # (B, C, 7, 7)
-        # Max and mean pooling together: max keeps small strong cues (a strap, a heel), mean the overall shape.
-        pooled = torch.cat([x.amax(dim=(2, 3)), x.mean(dim=(2, 3))], dim=1)  # (B, 2C)
-        return self.head(self.dropout(pooled))
+        return self.head(self.dropout(max_mean_pool(self.features(x))))  # features: (B, C, 7, 7)
 
 
 class PatchCNN(nn.Module):
@@ -117,9 +122,7 @@ class PatchCNN(nn.Module):
         self.head = nn.Linear(2 * w1, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)  # (B, w1, 7, 7)
-        pooled = torch.cat([x.amax(dim=(2, 3)), x.mean(dim=(2, 3))], dim=1)  # (B, 2·w1), as in FashionCNN
-        return self.head(self.dropout(pooled))
+        return self.head(self.dropout(max_mean_pool(self.features(x))))  # features: (B, w1, 7, 7)
 
 
 class BasicBlock(nn.Module):

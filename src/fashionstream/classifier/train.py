@@ -156,7 +156,7 @@ class TrainCLI(LightningCLI):
             "precision": str(self.trainer.precision),
             "machine": {
                 "host": platform.node(),
-                "cpu": _cpu_name(),
+                "cpu": cpu_name(),
                 "cores": os.cpu_count(),
                 "torch_threads": torch.get_num_threads(),
                 "accelerator": "cuda" if gpu else "cpu",
@@ -171,7 +171,7 @@ class TrainCLI(LightningCLI):
         }
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     """The CPU model from /proc/cpuinfo where there is one (Linux), else the architecture."""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
