@@ -154,3 +154,56 @@ def test_patch_cnn_shapes_cost_and_onnx_parity(tmp_path: Path) -> None:
     export_onnx(net, tmp_path / "patch.onnx")  # space-to-depth must survive the export
     session = ort.InferenceSession(str(tmp_path / "patch.onnx"), providers=["CPUExecutionProvider"])
     assert np.abs(session.run(None, {"images": x.numpy()})[0] - expected).max() <= 1e-4
+
+
+def test_progressive_resize_trains_small_then_native_and_evaluates_native(tmp_path: Path) -> None:
+    import lightning as L
+
+    from fashionstream.classifier.module import FashionCNN as FashionCNNModule
+
+    seen: dict[str, set[tuple[int, int, int]]] = {"train": set(), "val": set()}
+
+    class RecordShapes(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+            seen["train"].add((trainer.current_epoch, *batch[0].shape[-2:]))
+
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:  # type: ignore[no-untyped-def]
+            seen["val"].add((trainer.current_epoch, *batch[0].shape[-2:]))
+
+    data = FashionMNIST(batch_size=64, val_size=256, train_subset=128, progressive_resize=[(2, 28), (0, 16)])
+    assert [data.train_size(e) for e in range(3)] == [16, 16, 28]
+    trainer = L.Trainer(
+        max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        limit_val_batches=1, num_sanity_val_steps=0, callbacks=[RecordShapes()], default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(FashionCNNModule(widths=(0, 8, 8, 16), ema_decay=0.0, tta=False), datamodule=data)
+    assert seen["train"] == {(0, 16, 16), (1, 16, 16), (2, 28, 28)}
+    assert seen["val"] == {(0, 28, 28), (1, 28, 28), (2, 28, 28)}
+    with pytest.raises(ValueError, match="epoch 0"):
+        FashionMNIST(progressive_resize=[(3, 20)])
+
+
+def test_alternate_flips_show_every_image_both_ways_in_consecutive_epochs() -> None:
+    import lightning as L
+
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    data = FashionMNIST(val_size=100, train_subset=256, translate=0, alternate_flips=True)
+    data.trainer = trainer
+    data.setup("fit")
+    batch = data.train_dataloader().dataset.__getitems__(list(range(256)))
+    assert len(batch) == 3  # images, labels and the indices that pick each image's flip
+    plain = (batch[0].unsqueeze(1).float() / 255 - data.mean) / data.std  # (256, 1, 28, 28)
+    trainer.training = True
+    seen = []
+    for epoch in range(3):
+        trainer.fit_loop.epoch_progress.current.completed = epoch  # what trainer.current_epoch reads
+        x, labels = data.on_after_batch_transfer(batch, 0)
+        assert torch.equal(labels, batch[1])
+        flipped = (x - plain.flip(-1)).abs().amax(dim=(1, 2, 3)) < 1e-6
+        unflipped = (x - plain).abs().amax(dim=(1, 2, 3)) < 1e-6
+        assert bool((flipped | unflipped).all())  # each image is itself or its mirror image
+        seen.append(flipped & ~unflipped)  # (256,) mirrored, ignoring symmetric images
+    asymmetric = ~((plain - plain.flip(-1)).abs().amax(dim=(1, 2, 3)) < 1e-6)
+    assert 64 < int(seen[0].sum()) < 192  # the first epoch's flips are random
+    assert torch.equal(seen[1], ~seen[0] & asymmetric)  # the next epoch shows the other side
+    assert torch.equal(seen[2], seen[0])

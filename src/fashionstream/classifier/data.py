@@ -31,27 +31,31 @@ class InMemoryImages(Dataset):
 
     `DataLoader` calls `__getitems__` with a batch of indices when a dataset has it, so a batch is one
     gather instead of B single-image lookups and a stack — the difference matters on a GPU, where a step
-    takes well under a millisecond, and when the tensors already live on the GPU.
+    takes well under a millisecond, and when the tensors already live on the GPU. With `with_index` a
+    batch also carries the images' indices (B,), for augmentation that depends on the image's history.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images, self.labels = images, labels
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, with_index: bool = False) -> None:
+        self.images, self.labels, self.with_index = images, labels, with_index
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index], self.labels[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        image, label = self.images[index], self.labels[index]
+        return (image, label, torch.tensor(index)) if self.with_index else (image, label)
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
         idx = torch.as_tensor(indices, device=self.labels.device)
+        if self.with_index:
+            return self.images[idx], self.labels[idx], idx
         return self.images[idx], self.labels[idx]
 
     def to(self, device: torch.device) -> InMemoryImages:
-        return InMemoryImages(self.images.to(device), self.labels.to(device))
+        return InMemoryImages(self.images.to(device), self.labels.to(device), self.with_index)
 
 
-def _already_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _already_batched(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """collate_fn for `InMemoryImages`: `__getitems__` already returns the batch."""
     return batch
 
@@ -74,11 +78,13 @@ class ImageDataModule(L.LightningDataModule):
         val_size: int = 6000,
         split_seed: int = 0,
         flip: bool = True,
+        alternate_flips: bool = False,
         translate: int = 2,
         erase: float = 0.0,
         train_subset: int | None = None,
         data_dir: str | None = None,
         device_resident: bool = False,
+        progressive_resize: list[tuple[int, int]] | None = None,
     ) -> None:
         """
         Args:
@@ -88,12 +94,19 @@ class ImageDataModule(L.LightningDataModule):
             val_size: images held out of the training set for validation (checkpoint choice).
             split_seed: seed of the train/validation split, independent of the training seed.
             flip: random horizontal flips in training.
+            alternate_flips: with `flip`, flip each image at random in the first epoch and then in every
+                other epoch, so any two consecutive epochs show it both ways (random flips repeat the same
+                side half the time; alternating makes short runs behave like longer ones).
             translate: random shifts of up to this many pixels (pad with zeros, random crop).
             erase: probability of random erasing (one rectangle of 1/16–1/4 of the image set to 0).
             train_subset: use only the first N training images after the split (smoke tests).
             data_dir: folder with the dataset files; None searches the usual places.
             device_resident: copy the whole dataset (47 MB) to the accelerator once, so batches are
                 gathered there and nothing crosses PCIe per step (GPU speed runs; needs num_workers 0).
+            progressive_resize: (first_epoch, size) pairs: from that epoch on, training images are scaled
+                to size×size (after augmentation). The nets pool globally, so they take any size, and a
+                step costs about in proportion to the pixels: [[0, 20], [10, 28]] runs the first ten
+                epochs at half the cost. Validation, test and export always use the native size.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -103,12 +116,17 @@ class ImageDataModule(L.LightningDataModule):
         self.val_size = val_size
         self.split_seed = split_seed
         self.flip = flip
+        self.alternate_flips = alternate_flips
         self.translate = translate
         self.erase = erase
         self.train_subset = train_subset
         self.data_dir = data_dir
         self.device_resident = device_resident
+        self.progressive_resize = sorted((int(e), int(s)) for e, s in progressive_resize or ())
+        if self.progressive_resize and self.progressive_resize[0][0] != 0:
+            raise ValueError(f"progressive_resize must start at epoch 0, got {self.progressive_resize}")
         self._sets: dict[str, InMemoryImages] = {}
+        self._first_flips = torch.zeros(0, dtype=torch.bool)  # (N_train,) epoch-0 flips for alternate_flips
 
     def load_arrays(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
         """Return (uint8 images (N, H, W), int64 labels (N,)) for the split."""
@@ -127,7 +145,9 @@ class ImageDataModule(L.LightningDataModule):
         if self.train_subset is not None:
             train_idx = train_idx[: self.train_subset]
         x, y = torch.from_numpy(np.array(images)), torch.from_numpy(np.array(labels))  # writable copies
-        self._sets["train"] = InMemoryImages(x[train_idx], y[train_idx])
+        self._sets["train"] = InMemoryImages(x[train_idx], y[train_idx], with_index=self.alternate_flips)
+        if self.alternate_flips:  # drawn only when used, so other recipes keep their random streams
+            self._first_flips = torch.rand(len(train_idx)) < 0.5
         self._sets["val"] = InMemoryImages(x[val_idx], y[val_idx])
         test_images, test_labels = self.load_arrays("test")
         self._sets["test"] = InMemoryImages(
@@ -138,6 +158,7 @@ class ImageDataModule(L.LightningDataModule):
                 raise ValueError("device_resident needs num_workers 0: worker processes cannot share GPU tensors")
             device = self.trainer.strategy.root_device
             self._sets = {name: ds.to(device) for name, ds in self._sets.items()}
+            self._first_flips = self._first_flips.to(device)
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         batch = self.batch_size if name == "train" else self.eval_batch_size
@@ -163,21 +184,39 @@ class ImageDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
-    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int) -> tuple:
-        images, labels = batch  # (B, H, W) uint8, (B,) int64
+    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, ...], dataloader_idx: int) -> tuple:
+        images, labels, *index = batch  # (B, H, W) uint8, (B,) int64, and (B,) indices with alternate_flips
         x = images.unsqueeze(1).float().div_(255.0)  # (B, 1, H, W) in [0, 1]
         if self.trainer is not None and self.trainer.training:
-            x = augment(x, flip=self.flip, translate=self.translate, erase=self.erase)
+            epoch = self.trainer.current_epoch
+            flips = None
+            if self.flip and index:
+                flips = self._first_flips[index[0]] ^ bool(epoch % 2)
+            elif self.flip:
+                flips = torch.rand(len(x), device=x.device) < 0.5
+            x = augment(x, flips=flips, translate=self.translate, erase=self.erase)
+            size = self.train_size(epoch)
+            if size is not None and size != x.shape[-1]:
+                # Antialiased bilinear: a plain subsample would alias thin stripes and stitching.
+                x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
         x = (x - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last), labels
 
+    def train_size(self, epoch: int) -> int | None:
+        """Side of the training images in this epoch under `progressive_resize` (None: native size)."""
+        size = None
+        for first_epoch, s in self.progressive_resize:
+            if epoch >= first_epoch:
+                size = s
+        return size
 
-def augment(x: torch.Tensor, flip: bool, translate: int, erase: float) -> torch.Tensor:
-    """Per-image random flip, shift and erasing of a (B, 1, H, W) batch in [0, 1], vectorised."""
+
+def augment(x: torch.Tensor, flips: torch.Tensor | None, translate: int, erase: float) -> torch.Tensor:
+    """Per-image flip (where `flips`, a (B,) bool mask, says), random shift and erasing of a (B, 1, H, W)
+    batch in [0, 1], vectorised."""
     b, _, h, w = x.shape
-    if flip:
-        flipped = torch.rand(b, device=x.device) < 0.5
-        x = torch.where(flipped[:, None, None, None], x.flip(-1), x)
+    if flips is not None:
+        x = torch.where(flips[:, None, None, None], x.flip(-1), x)
     if translate > 0:
         t = translate
         padded = torch.nn.functional.pad(x, (t, t, t, t))  # (B, 1, H+2t, W+2t), zeros = background

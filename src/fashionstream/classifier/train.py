@@ -153,6 +153,7 @@ class TrainCLI(LightningCLI):
             "max_epochs": config["trainer"].get("max_epochs"),
             "epochs_run": self.trainer.current_epoch,
             "batch_size": config["data"]["init_args"].get("batch_size"),
+            "data_args": config["data"]["init_args"].as_dict(),
             "precision": str(self.trainer.precision),
             "machine": {
                 "host": platform.node(),
