@@ -71,6 +71,24 @@ def test_run_summary_records_machine_seed_epochs_time_cost_and_accuracy(smoke_ru
     assert summary["test_acc"] == pytest.approx(json.loads((smoke_run / "test_metrics.json").read_text())["accuracy"])
     assert 0.6 < summary["best_val_acc"] <= 1 and 0 < summary["test_acc_tta"] <= 1
     assert summary["command"].startswith("fashionstream train fit --model FashionCNN")
+    assert summary["tested_weights"] == "best validation checkpoint"
+    assert summary["data_args"]["val_size"] == 2000 and summary["data_args"]["alternate_flips"] is False
+
+
+def test_a_run_stopped_before_any_validation_still_tests_its_final_weights(tmp_path: Path) -> None:
+    # A wall-clock or step cap can end a long GPU run before its first validation: there is then no best
+    # checkpoint, and the run must still report a test accuracy (of the weights it has) and its summary.
+    argv = [
+        "train", "fit", "--model", "FashionCNN", "--model.widths", "[0,8,8,16]", "--data", "FashionMNIST",
+        "--data.train_subset", "512", "--data.batch_size", "128", "--trainer.max_steps", "2",
+        "--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+    ]  # fmt: skip
+    assert cli_main(argv) == 0
+    (summary_file,) = tmp_path.rglob("run_summary.json")
+    summary = json.loads(summary_file.read_text())
+    assert summary["tested_weights"] == "final weights" and summary["best_val_acc"] is None
+    assert 0 <= summary["test_acc"] <= 1
 
 
 def test_export_parity_onnx_and_torchscript(smoke_run: Path, tmp_path: Path) -> None:

@@ -95,10 +95,10 @@ class ImageClassifier(L.LightningModule):
         # Warm-up of the decay: early weights are poor, so average over ~step/10 steps until the cap.
         step = self.global_step
         decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
-        for e, p in zip(self.ema.parameters(), self.net.parameters(), strict=True):
-            e.lerp_(p.detach(), 1 - decay)
-        for e, b in zip(self.ema.buffers(), self.net.buffers(), strict=True):
-            e.copy_(b)  # BatchNorm running statistics follow the live net
+        # Multi-tensor calls instead of a Python loop over every parameter and buffer: fewer kernel launches
+        # on a GPU, where a step of these small nets takes only milliseconds.
+        torch._foreach_lerp_(list(self.ema.parameters()), [p.detach() for p in self.net.parameters()], 1 - decay)
+        torch._foreach_copy_(list(self.ema.buffers()), list(self.net.buffers()))  # BatchNorm statistics: live net's
 
     def configure_optimizers(self):  # type: ignore[no-untyped-def]
         hp = self.hparams

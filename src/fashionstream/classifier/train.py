@@ -63,6 +63,7 @@ class TrainCLI(LightningCLI):
 
     def __init__(self, argv: list[str]) -> None:
         self._argv = list(argv)
+        self._tested_weights: str | None = None  # which weights the after-fit test read, for run_summary.json
         gpu = torch.cuda.is_available()
         super().__init__(
             ImageClassifier,
@@ -128,7 +129,12 @@ class TrainCLI(LightningCLI):
             reports.plot_training_curve(metrics, log_dir / "training_curve.png")
         test: dict[str, float] = {}
         if self.config[self.subcommand].get("test_after_fit", True) and not self.trainer.fast_dev_run:
-            (test,) = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best")
+            checkpoint = self.trainer.checkpoint_callback
+            ckpt_path = "best" if checkpoint is not None and getattr(checkpoint, "best_model_path", "") else None
+            if ckpt_path is None:  # stopped (max_steps, max_time) before its first validation
+                print("no validated checkpoint to test: testing the weights training ended with")
+            (test,) = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
+            self._tested_weights = "best validation checkpoint" if ckpt_path else "final weights"
         if not self.trainer.fast_dev_run:
             summary = self._run_summary(fit_wall_s, test)
             (log_dir / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -168,6 +174,7 @@ class TrainCLI(LightningCLI):
             "best_val_acc": float(best_val) if best_val is not None else None,
             "test_acc": test.get("test/acc"),
             "test_acc_tta": test.get("test/acc_tta"),
+            "tested_weights": self._tested_weights,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
 
