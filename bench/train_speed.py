@@ -111,12 +111,17 @@ def recipe_of(command: str) -> str:
 
 
 def group_by_recipe(runs: list[dict]) -> list[dict]:
-    # A config file can change between runs of the same command line, so the resolved net, epoch count
-    # and batch size are part of the recipe's name.
+    # A config file can change between runs of the same command line, so the resolved net, epoch count,
+    # batch size and short-run augmentation options are part of the recipe's name.
     groups: dict[tuple[str, int], list[dict]] = {}
     for run in runs:
         net = f"{run['model'].rsplit('.', 1)[-1]} {run['model_args'].get('widths', '')}".strip()
         recipe = f"{recipe_of(run['command'])} → {net}, {run['max_epochs']} epochs, batch {run['batch_size']}"
+        data = run.get("data_args") or {}  # recorded since the augmentation options below existed
+        if data.get("alternate_flips"):
+            recipe += ", alternate flips"
+        if data.get("progressive_resize"):
+            recipe += f", resize {json.dumps(data['progressive_resize'], separators=(',', ':'))}"
         groups.setdefault((recipe, run["macs"]), []).append(run)
     rows = []
     for (recipe, _), members in groups.items():
@@ -150,7 +155,7 @@ def _plt():  # type: ignore[no-untyped-def]
 
 def plot_time(runs: list[dict], out: Path) -> None:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(11, 4.5))
     ax.set_prop_cycle(color=plt.cm.tab20.colors)  # tab10 repeats colours past ten runs
     for run in sorted(runs, key=lambda r: r["name"]):
         minutes = [c["elapsed_s"] / 60 for c in run["curve"]]
@@ -159,10 +164,14 @@ def plot_time(runs: list[dict], out: Path) -> None:
         ax.plot(minutes, [c["val_acc"] for c in run["curve"]], marker=".", linewidth=1, label=label)
     ax.axhline(0.94, color="grey", linestyle="--", linewidth=0.8)
     ax.axvline(10, color="grey", linestyle=":", linewidth=0.8)
-    ax.set(xlabel="training wall time since fit start (min)", ylabel="validation accuracy (EMA weights)",
+    # Log time axis: 10-minute CPU recipes and hour-long runs (and, later, seconds-long GPU runs) in one view.
+    ax.set_xscale("log")
+    ticks = [t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100) if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.set(xlabel="training wall time since fit start (min, log scale)", ylabel="validation accuracy (EMA weights)",
            title="accuracy against training time", ylim=(0.85, 0.96))  # fmt: skip
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="lower right")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside: the curves fill the plot
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -179,9 +188,11 @@ def plot_macs(runs: list[dict], groups: list[dict], out: Path) -> None:
             continue
         wall = g["fit_wall_s_mean"] / 60
         ax.scatter([g["macs"] / 1e6], [g["test_acc_mean"]], marker="D", s=40, color="tab:red")
+        if len(g["seeds"]) < 3:  # single-seed explorations would bury the labels of the 3-seed recipes
+            continue
         ax.annotate(f"{len(g['seeds'])} seed(s), {wall:.0f} min", (g["macs"] / 1e6, g["test_acc_mean"]),
                     fontsize=6, xytext=(4, -10), textcoords="offset points")  # fmt: skip
-    ax.scatter([], [], marker="D", color="tab:red", label="recipe mean over seeds")
+    ax.scatter([], [], marker="D", color="tab:red", label="recipe mean over seeds (labelled: 3+ seeds)")
     ax.axhline(0.955, color="grey", linestyle="--", linewidth=0.8)
     ax.axvline(30, color="grey", linestyle=":", linewidth=0.8)
     accs = [r["test_acc"] for r in tested] + [0.955]
