@@ -158,7 +158,6 @@ class ImageDataModule(L.LightningDataModule):
                 raise ValueError("device_resident needs num_workers 0: worker processes cannot share GPU tensors")
             device = self.trainer.strategy.root_device
             self._sets = {name: ds.to(device) for name, ds in self._sets.items()}
-            self._first_flips = self._first_flips.to(device)
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         batch = self.batch_size if name == "train" else self.eval_batch_size
@@ -189,11 +188,7 @@ class ImageDataModule(L.LightningDataModule):
         x = images.unsqueeze(1).float().div_(255.0)  # (B, 1, H, W) in [0, 1]
         if self.trainer is not None and self.trainer.training:
             epoch = self.trainer.current_epoch
-            flips = None
-            if self.flip and index:
-                flips = self._first_flips[index[0]] ^ bool(epoch % 2)
-            elif self.flip:
-                flips = torch.rand(len(x), device=x.device) < 0.5
+            flips = self._flip_mask(epoch, len(x), x.device, index[0] if index else None)
             x = augment(x, flips=flips, translate=self.translate, erase=self.erase)
             size = self.train_size(epoch)
             if size is not None and size != x.shape[-1]:
@@ -201,6 +196,16 @@ class ImageDataModule(L.LightningDataModule):
                 x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
         x = (x - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last), labels
+
+    def _flip_mask(self, epoch: int, n: int, device: torch.device, index: torch.Tensor | None) -> torch.Tensor | None:
+        """(B,) bool: which images of this training batch to mirror; None when flips are off."""
+        if not self.flip:
+            return None
+        if index is None:  # plain random flips
+            return torch.rand(n, device=device) < 0.5
+        if self._first_flips.device != device:  # once: batches may be moved to a GPU the dataset is not on
+            self._first_flips = self._first_flips.to(device)
+        return self._first_flips[index] ^ bool(epoch % 2)
 
     def train_size(self, epoch: int) -> int | None:
         """Side of the training images in this epoch under `progressive_resize` (None: native size)."""
