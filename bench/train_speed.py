@@ -190,7 +190,8 @@ def plot_macs(runs: list[dict], groups: list[dict], out: Path) -> None:
         ax.scatter([g["macs"] / 1e6], [g["test_acc_mean"]], marker="D", s=40, color="tab:red")
         if len(g["seeds"]) < 3:  # single-seed explorations would bury the labels of the 3-seed recipes
             continue
-        ax.annotate(f"{len(g['seeds'])} seed(s), {wall:.0f} min", (g["macs"] / 1e6, g["test_acc_mean"]),
+        net_and_epochs = g["recipe"].split("→ ")[-1].split(", batch")[0].removeprefix("FashionCNN ")
+        ax.annotate(f"{net_and_epochs}, {wall:.0f} min", (g["macs"] / 1e6, g["test_acc_mean"]),
                     fontsize=6, xytext=(4, -10), textcoords="offset points")  # fmt: skip
     ax.scatter([], [], marker="D", color="tab:red", label="recipe mean over seeds (labelled: 3+ seeds)")
     ax.axhline(0.955, color="grey", linestyle="--", linewidth=0.8)
