@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from docs_markers import replace_between_markers  # noqa: E402  (bench/ is the script's folder)
 from fashionstream.classifier.reports import read_metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,15 +245,6 @@ def markdown_tables(runs: list[dict], groups: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def update_docs(table: str) -> None:
-    text = DOCS.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{DOCS}: markers {START} / {END} not found")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    DOCS.write_text(f"{head}{START}\n{table}\n{END}{tail}")
-
-
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="*", type=Path, help="finished run directories (runs/NAME/version_N)")
@@ -276,7 +268,7 @@ def main(argv: list[str]) -> None:
     plot_macs(runs, groups, ROOT / "docs" / "img" / "accuracy_vs_macs.png")
     print(f"{len(runs)} runs in {RUNS_DIR.relative_to(ROOT)}; wrote bench/results/train_speed.json and 2 plots")
     if args.update_docs:
-        update_docs(markdown_tables(runs, groups))
+        replace_between_markers(DOCS, START, END, markdown_tables(runs, groups))
         print(f"updated {DOCS.relative_to(ROOT)}")
     print(f"{'MACs':>7} {'seeds':>9} {'test mean':>9} {'TTA mean':>9} {'wall s':>7}  recipe")
     for g in groups:

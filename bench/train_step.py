@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from docs_markers import replace_between_markers  # noqa: E402  (bench/ is the script's folder)
 from fashionstream.classifier import nets  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,15 +102,6 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def update_docs(table: str) -> None:
-    text = DOCS.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{DOCS}: markers {START} / {END} not found")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    DOCS.write_text(f"{head}{START}\n{table}\n{END}{tail}")
-
-
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -152,7 +144,7 @@ def main(argv: list[str]) -> None:
     table = markdown_table(report)
     print(table)
     if args.update_docs:
-        update_docs(table)
+        replace_between_markers(DOCS, START, END, table)
         print(f"updated {DOCS.relative_to(ROOT)}")
 
 
