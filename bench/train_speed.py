@@ -16,7 +16,9 @@ training command) and `metrics.csv` (validation accuracy and wall time per epoch
 - `docs/img/accuracy_vs_macs.png`: test accuracy against MACs per image, one point per run and the
   recipe means.
 
-Time-to-accuracy is on the validation split; the test set is read once per run, after training.
+Time-to-accuracy is on the validation split; the test set is read once per run, after training. Runs
+trained on all 60 k images (`--data.val_size 0`) have no validation curve: the time plot shows their
+test accuracy at the end of fit as a star.
 Wall times on a shared 2-core machine are upper bounds: the JSON records machine and threads.
 """
 
@@ -121,6 +123,8 @@ def group_by_recipe(runs: list[dict]) -> list[dict]:
         data = run.get("data_args") or {}  # recorded since the augmentation options below existed
         if data.get("alternate_flips"):
             recipe += ", alternate flips"
+        if data.get("val_size") == 0:
+            recipe += ", all 60 k training images (no validation)"
         if data.get("progressive_resize"):
             recipe += f", resize {json.dumps(data['progressive_resize'], separators=(',', ':'))}"
         groups.setdefault((recipe, run["macs"]), []).append(run)
@@ -162,14 +166,19 @@ def plot_time(runs: list[dict], out: Path) -> None:
         minutes = [c["elapsed_s"] / 60 for c in run["curve"]]
         test = f", test {run['test_acc']:.4f}" if run.get("test_acc") else ""
         label = f"{run['name']} ({run['macs'] / 1e6:.1f} M MACs{test})"
-        ax.plot(minutes, [c["val_acc"] for c in run["curve"]], marker=".", linewidth=1, label=label)
+        if run["curve"]:
+            ax.plot(minutes, [c["val_acc"] for c in run["curve"]], marker=".", linewidth=1, label=label)
+        elif run.get("test_acc") and run.get("fit_wall_s"):  # trained without a validation set (val_size 0)
+            ax.plot([run["fit_wall_s"] / 60], [run["test_acc"]], marker="*", markersize=9, linestyle="none",
+                    label=f"{label}, ★ = test, no validation set")  # fmt: skip
     ax.axhline(0.94, color="grey", linestyle="--", linewidth=0.8)
     ax.axvline(10, color="grey", linestyle=":", linewidth=0.8)
     # Log time axis: 10-minute CPU recipes and hour-long runs (and, later, seconds-long GPU runs) in one view.
     ax.set_xscale("log")
     ticks = [t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100) if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    ax.set(xlabel="training wall time since fit start (min, log scale)", ylabel="validation accuracy (EMA weights)",
+    ax.set(xlabel="training wall time since fit start (min, log scale)",
+           ylabel="validation accuracy (EMA weights;\n★: test, runs on all 60 k)",
            title="accuracy against training time", ylim=(0.85, 0.96))  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside: the curves fill the plot
@@ -192,6 +201,8 @@ def plot_macs(runs: list[dict], groups: list[dict], out: Path) -> None:
         if len(g["seeds"]) < 3:  # single-seed explorations would bury the labels of the 3-seed recipes
             continue
         net_and_epochs = g["recipe"].split("→ ")[-1].split(", batch")[0].removeprefix("FashionCNN ")
+        if "all 60 k" in g["recipe"]:
+            net_and_epochs += " on all 60 k"
         ax.annotate(f"{net_and_epochs}, {wall:.0f} min", (g["macs"] / 1e6, g["test_acc_mean"]),
                     fontsize=6, xytext=(4, -10), textcoords="offset points")  # fmt: skip
     ax.scatter([], [], marker="D", color="tab:red", label="recipe mean over seeds (labelled: 3+ seeds)")

@@ -91,6 +91,29 @@ def test_a_run_stopped_before_any_validation_still_tests_its_final_weights(tmp_p
     assert 0 <= summary["test_acc"] <= 1
 
 
+def test_val_size_zero_trains_on_everything_keeps_the_last_epoch_and_exports_it(tmp_path: Path) -> None:
+    # The final run of a recipe chosen on validation trains on all the training images: no validation
+    # loop, the last epoch's checkpoint is what gets tested, summarised and exported.
+    argv = [
+        "train", "fit", "--model", "FashionCNN", "--model.widths", "[0,8,8,16]", "--data", "FashionMNIST",
+        "--data.val_size", "0", "--data.train_subset", "512", "--data.batch_size", "128",
+        "--trainer.max_epochs", "2", "--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+    ]  # fmt: skip
+    assert cli_main(argv) == 0
+    (run_dir,) = (tmp_path / "train").iterdir()
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["epoch01-final.ckpt"]
+    assert not _epoch_metric(run_dir, "val/acc")
+    summary = json.loads((run_dir / "run_summary.json").read_text())
+    assert summary["tested_weights"].startswith("final checkpoint") and summary["best_val_acc"] is None
+    assert summary["data_args"]["val_size"] == 0 and summary["epochs_run"] == 2 and 0 <= summary["test_acc"] <= 1
+    out = tmp_path / "export"
+    assert cli_main(["export", "--checkpoint", "best", "--run_dir", str(run_dir), "--output_dir", str(out),
+                     "--name", "all", "--torchscript", "false"]) == 0  # fmt: skip
+    card = json.loads((out / "all.card.json").read_text())
+    assert card["training"]["checkpoint"] == "epoch01-final.ckpt" and card["validation"]["split"].startswith("none")
+
+
 def test_export_parity_onnx_and_torchscript(smoke_run: Path, tmp_path: Path) -> None:
     import onnxruntime as ort
 

@@ -91,7 +91,9 @@ class ImageDataModule(L.LightningDataModule):
             batch_size: images per training batch.
             eval_batch_size: images per validation/test batch (larger ones fall out of a CPU's caches).
             num_workers: DataLoader worker processes; 0 is fastest for in-memory data on CPU.
-            val_size: images held out of the training set for validation (checkpoint choice).
+            val_size: images held out of the training set for validation (checkpoint choice). 0 trains on
+                all of it, for the final run of a recipe chosen on validation: `fashionstream train` then
+                skips validation and keeps the last epoch.
             split_seed: seed of the train/validation split, independent of the training seed.
             flip: random horizontal flips in training.
             alternate_flips: with `flip`, flip each image at random in the first epoch and then in every

@@ -67,11 +67,26 @@ def load_checkpoint(path: str | Path) -> ImageClassifier:
 
 
 def best_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint ModelCheckpoint kept in a run (named by epoch and val/acc; the best on validation)."""
-    found = [p for p in (run_dir / "checkpoints").glob("*.ckpt") if "val_acc" in p.name]
-    if not found:
-        raise FileNotFoundError(f"no epochNN-val_accX.XXXX.ckpt checkpoints in {run_dir / 'checkpoints'}")
-    return max(found, key=lambda p: float(p.stem.split("val_acc")[-1]))
+    """The checkpoint ModelCheckpoint kept in a run: the best on validation (`epochNN-val_accX.XXXX.ckpt`),
+    or for a run without a validation set (`--data.val_size 0`) its last epoch (`epochNN-final.ckpt`)."""
+    found = list((run_dir / "checkpoints").glob("*.ckpt"))
+    validated = [p for p in found if "val_acc" in p.name]
+    if validated:
+        return max(validated, key=lambda p: float(p.stem.split("val_acc")[-1]))
+    final = sorted(p for p in found if p.stem.endswith("-final"))
+    if final:
+        return final[-1]
+    raise FileNotFoundError(
+        f"no epochNN-val_accX.XXXX.ckpt or epochNN-final.ckpt checkpoint in {run_dir / 'checkpoints'}"
+    )
+
+
+def _validation_split(ckpt: dict[str, Any]) -> str:
+    """The card's words for what the run validated on (the data module's arguments are in its checkpoint)."""
+    val_size = dict(ckpt.get("datamodule_hyper_parameters") or {}).get("val_size", 6000)
+    if val_size == 0:
+        return "none: trained on all 60k training images, last epoch kept"
+    return f"{val_size:,d} of the 60k train set"
 
 
 def sha256_file(path: Path) -> str:
@@ -138,7 +153,8 @@ def export(
     """Export a checkpoint to ONNX (+ TorchScript) and write its model card.
 
     Args:
-        checkpoint: a .ckpt file, or "best" for the best-on-validation checkpoint of `run_dir`.
+        checkpoint: a .ckpt file, or "best" for the best-on-validation checkpoint of `run_dir` (the last
+            epoch's of a run trained without a validation set).
         run_dir: the training run folder (holds config.yaml, command.txt, metrics.csv); found from the
             checkpoint's location when not given.
         output_dir: where <name>.onnx, <name>.torchscript.pt and <name>.card.json are written.
@@ -216,7 +232,7 @@ def export(
         "macs_note": "multiply-accumulates per image counted by fashionstream.classifier.nets.count_macs"
         + (" (x2 for the baked-in flip TTA)" if tta else ""),
         "test": test,
-        "validation": {"best_val_acc": val_score, "epoch": ckpt.get("epoch"), "split": "6k of the 60k train set"},
+        "validation": {"best_val_acc": val_score, "epoch": ckpt.get("epoch"), "split": _validation_split(ckpt)},
         "training": {
             "command": command_file.read_text().strip() if command_file.is_file() else None,
             "config_yaml": config_file.read_text() if config_file.is_file() else None,

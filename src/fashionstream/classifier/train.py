@@ -6,8 +6,8 @@
     fashionstream train fit --model FashionCNN --help                     # options + params/MACs of the net
 
 Each run writes to `runs/<logger name>/version_N/`: `config.yaml` (resolved), `command.txt`,
-`metrics.csv`, `checkpoints/` (best on `val/acc`), `training_curve.png`, and — after `fit` the
-best checkpoint is tested once on the 10 k test set (`--test_after_fit false` skips it) —
+`metrics.csv`, `checkpoints/` (best on `val/acc`; the last epoch with `--data.val_size 0`), `training_curve.png`,
+and — after `fit` that checkpoint is tested once on the 10 k test set (`--test_after_fit false` skips it) —
 `confusion_matrix.png`, `per_class.md`, `test_metrics.json`, and `run_summary.json` (machine, seed,
 epochs, fit wall time, params, MACs, validation and test accuracy: what `bench/train_speed.py`
 collects into bench/results/). Test results never choose anything.
@@ -27,7 +27,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from jsonargparse import DefaultHelpFormatter
+from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -35,7 +35,10 @@ from fashionstream.classifier import reports
 from fashionstream.classifier.data import FashionMNIST, ImageDataModule
 from fashionstream.classifier.module import FashionCNN, ImageClassifier, PatchCNN, ResNet
 
-__all__ = ["FashionCNN", "FashionMNIST", "PatchCNN", "ResNet", "TrainCLI", "main"]
+__all__ = ["FINAL_CHECKPOINT", "FashionCNN", "FashionMNIST", "PatchCNN", "ResNet", "TrainCLI", "main"]
+
+# The checkpoint name of a run without validation (`--data.val_size 0`); `fashionstream export` looks for it.
+FINAL_CHECKPOINT = "epoch{epoch:02d}-final"
 
 
 class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -64,6 +67,7 @@ class TrainCLI(LightningCLI):
     def __init__(self, argv: list[str]) -> None:
         self._argv = list(argv)
         self._tested_weights: str | None = None  # which weights the after-fit test read, for run_summary.json
+        self._no_validation = False  # set by --data.val_size 0
         gpu = torch.cuda.is_available()
         super().__init__(
             ImageClassifier,
@@ -106,9 +110,26 @@ class TrainCLI(LightningCLI):
         parser.add_argument("--threads", type=int | None, default=None, help="torch CPU threads (default: torch's)")
 
     def before_instantiate_classes(self) -> None:
-        threads = self.config.get(self.subcommand, self.config).get("threads") if self.subcommand else None
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        threads = config.get("threads")
         if threads:
             torch.set_num_threads(threads)
+        data_args = (config.get("data") or {}).get("init_args") or {}
+        if self.subcommand == "fit" and data_args.get("val_size", 1) == 0:
+            self._train_on_everything(config)
+
+    def _train_on_everything(self, config: Namespace) -> None:
+        """`--data.val_size 0`: the final run of a recipe chosen on validation, on all 60 k training images.
+
+        Nothing is left to validate or to choose a checkpoint by, so the run keeps its last epoch's weights
+        (where the one-cycle schedule ends; validation chose the last epoch in 27 of the 28 recipe runs of
+        issue 5, the exception being one epoch earlier), skips the empty validation loop, and tests them.
+        """
+        config["checkpoint"]["monitor"] = None
+        config["checkpoint"]["filename"] = FINAL_CHECKPOINT
+        config["trainer"]["limit_val_batches"] = 0
+        config["trainer"]["num_sanity_val_steps"] = 0
+        self._no_validation = True
 
     def before_fit(self) -> None:
         log_dir = Path(self.trainer.log_dir or "runs")
@@ -134,7 +155,10 @@ class TrainCLI(LightningCLI):
             if ckpt_path is None:  # stopped (max_steps, max_time) before its first validation
                 print("no validated checkpoint to test: testing the weights training ended with")
             (test,) = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
-            self._tested_weights = "best validation checkpoint" if ckpt_path else "final weights"
+            if self._no_validation:
+                self._tested_weights = "final checkpoint (val_size 0: no validation set)"
+            else:
+                self._tested_weights = "best validation checkpoint" if ckpt_path else "final weights"
         if not self.trainer.fast_dev_run:
             summary = self._run_summary(fit_wall_s, test)
             (log_dir / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
