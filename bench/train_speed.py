@@ -123,6 +123,8 @@ def group_by_recipe(runs: list[dict]) -> list[dict]:
         data = run.get("data_args") or {}  # recorded since the augmentation options below existed
         if data.get("alternate_flips"):
             recipe += ", alternate flips"
+        if data.get("erase"):
+            recipe += f", erase {data['erase']}"
         if data.get("val_size") == 0:
             recipe += ", all 60 k training images (no validation)"
         if data.get("progressive_resize"):
@@ -193,19 +195,27 @@ def plot_macs(runs: list[dict], groups: list[dict], out: Path) -> None:
     tested = [r for r in runs if r.get("test_acc") is not None]
     ax.scatter([r["macs"] / 1e6 for r in tested], [r["test_acc"] for r in tested], s=14, color="tab:blue",
                alpha=0.6, label="one run (no TTA)")  # fmt: skip
-    for g in groups:
-        if g["test_acc_mean"] is None:
-            continue
+    measured = [g for g in groups if g["test_acc_mean"] is not None]
+
+    # The accuracy-vs-cost frontier: no other recipe is at least as cheap and more accurate.
+    def beaten(g: dict) -> bool:
+        return any(o["macs"] <= g["macs"] and o["test_acc_mean"] > g["test_acc_mean"] for o in measured)
+
+    frontier = [g for g in measured if not beaten(g)]
+    for g in measured:
         wall = g["fit_wall_s_mean"] / 60
         ax.scatter([g["macs"] / 1e6], [g["test_acc_mean"]], marker="D", s=40, color="tab:red")
-        if len(g["seeds"]) < 3:  # single-seed explorations would bury the labels of the 3-seed recipes
+        if len(g["seeds"]) < 3 and g not in frontier:  # single-seed explorations would bury the 3-seed labels
             continue
         net_and_epochs = g["recipe"].split("→ ")[-1].split(", batch")[0].removeprefix("FashionCNN ")
+        if ", erase " in g["recipe"]:
+            net_and_epochs += ", erase " + g["recipe"].split(", erase ")[1].split(",")[0]
         if "all 60 k" in g["recipe"]:
             net_and_epochs += " on all 60 k"
-        ax.annotate(f"{net_and_epochs}, {wall:.0f} min", (g["macs"] / 1e6, g["test_acc_mean"]),
+        seeds = "" if len(g["seeds"]) >= 3 else f", {len(g['seeds'])} seed{'s' * (len(g['seeds']) > 1)}"
+        ax.annotate(f"{net_and_epochs}, {wall:.0f} min{seeds}", (g["macs"] / 1e6, g["test_acc_mean"]),
                     fontsize=6, xytext=(4, -10), textcoords="offset points")  # fmt: skip
-    ax.scatter([], [], marker="D", color="tab:red", label="recipe mean over seeds (labelled: 3+ seeds)")
+    ax.scatter([], [], marker="D", color="tab:red", label="recipe mean over seeds (labelled: 3+ seeds, or frontier)")
     ax.axhline(0.955, color="grey", linestyle="--", linewidth=0.8)
     ax.axvline(30, color="grey", linestyle=":", linewidth=0.8)
     accs = [r["test_acc"] for r in tested] + [0.955]
