@@ -162,7 +162,8 @@ def _plt():  # type: ignore[no-untyped-def]
 
 def plot_time(runs: list[dict], out: Path) -> None:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(11, 4.5))
+    columns = 1 + len(runs) // 32  # about 32 legend rows fit beside a 4.5-inch plot; more go in a new column
+    fig, ax = plt.subplots(figsize=(7 + 4 * columns, 4.5))
     ax.set_prop_cycle(color=plt.cm.tab20.colors)  # tab10 repeats colours past ten runs
     for run in sorted(runs, key=lambda r: r["name"]):
         minutes = [c["elapsed_s"] / 60 for c in run["curve"]]
@@ -171,7 +172,7 @@ def plot_time(runs: list[dict], out: Path) -> None:
         if run["curve"]:
             ax.plot(minutes, [c["val_acc"] for c in run["curve"]], marker=".", linewidth=1, label=label)
         elif run.get("test_acc") and run.get("fit_wall_s"):  # trained without a validation set (val_size 0)
-            ax.plot([run["fit_wall_s"] / 60], [run["test_acc"]], marker="*", markersize=9, linestyle="none",
+            ax.plot([run["fit_wall_s"] / 60], [run["test_acc"]], marker="*", markersize=11, linestyle="none", zorder=5,
                     label=f"{label}, ★ = test, no validation set")  # fmt: skip
     ax.axhline(0.94, color="grey", linestyle="--", linewidth=0.8)
     ax.axvline(10, color="grey", linestyle=":", linewidth=0.8)
@@ -183,7 +184,7 @@ def plot_time(runs: list[dict], out: Path) -> None:
            ylabel="validation accuracy (EMA weights;\n★: test, runs on all 60 k)",
            title="accuracy against training time", ylim=(0.85, 0.96))  # fmt: skip
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside: the curves fill the plot
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=columns)  # beside: curves fill the plot
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
