@@ -116,20 +116,27 @@ def recipe_of(command: str) -> str:
 def group_by_recipe(runs: list[dict]) -> list[dict]:
     # A config file can change between runs of the same command line, so the resolved net, epoch count,
     # batch size and short-run augmentation options are part of the recipe's name.
+    # The short name labels the recipe in the MAC plot: the net (class name left out for FashionCNN),
+    # epochs and the options that most change accuracy.
     groups: dict[tuple[str, int], list[dict]] = {}
+    short_names: dict[str, str] = {}
     for run in runs:
         net = f"{run['model'].rsplit('.', 1)[-1]} {run['model_args'].get('widths', '')}".strip()
         recipe = f"{recipe_of(run['command'])} → {net}, {run['max_epochs']} epochs, batch {run['batch_size']}"
+        short = f"{net.removeprefix('FashionCNN ')}, {run['max_epochs']} epochs"
         data = run.get("data_args") or {}  # recorded since the augmentation options below existed
         if data.get("alternate_flips"):
             recipe += ", alternate flips"
         if data.get("erase"):
             recipe += f", erase {data['erase']}"
+            short += f", erase {data['erase']}"
         if data.get("val_size") == 0:
             recipe += ", all 60 k training images (no validation)"
+            short += " on all 60 k"
         if data.get("progressive_resize"):
             recipe += f", resize {json.dumps(data['progressive_resize'], separators=(',', ':'))}"
         groups.setdefault((recipe, run["macs"]), []).append(run)
+        short_names[recipe] = short
     rows = []
     for (recipe, _), members in groups.items():
         tests = [r["test_acc"] for r in members if r.get("test_acc") is not None]
@@ -137,6 +144,7 @@ def group_by_recipe(runs: list[dict]) -> list[dict]:
         walls = [r["fit_wall_s"] for r in members]
         rows.append({
             "recipe": recipe,
+            "short_name": short_names[recipe],
             "accelerator": members[0]["machine"]["gpu"] or members[0]["machine"]["cpu"],
             "macs": members[0]["macs"],
             "params": members[0]["params"],
@@ -208,13 +216,8 @@ def plot_macs(runs: list[dict], groups: list[dict], out: Path) -> None:
         ax.scatter([g["macs"] / 1e6], [g["test_acc_mean"]], marker="D", s=40, color="tab:red")
         if len(g["seeds"]) < 3 and g not in frontier:  # single-seed explorations would bury the 3-seed labels
             continue
-        net_and_epochs = g["recipe"].split("→ ")[-1].split(", batch")[0].removeprefix("FashionCNN ")
-        if ", erase " in g["recipe"]:
-            net_and_epochs += ", erase " + g["recipe"].split(", erase ")[1].split(",")[0]
-        if "all 60 k" in g["recipe"]:
-            net_and_epochs += " on all 60 k"
         seeds = "" if len(g["seeds"]) >= 3 else f", {len(g['seeds'])} seed{'s' * (len(g['seeds']) > 1)}"
-        ax.annotate(f"{net_and_epochs}, {wall:.0f} min{seeds}", (g["macs"] / 1e6, g["test_acc_mean"]),
+        ax.annotate(f"{g['short_name']}, {wall:.0f} min{seeds}", (g["macs"] / 1e6, g["test_acc_mean"]),
                     fontsize=6, xytext=(4, -10), textcoords="offset points")  # fmt: skip
     ax.scatter([], [], marker="D", color="tab:red", label="recipe mean over seeds (labelled: 3+ seeds, or frontier)")
     ax.axhline(0.955, color="grey", linestyle="--", linewidth=0.8)

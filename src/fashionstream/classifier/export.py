@@ -35,6 +35,10 @@ from fashionstream.classifier.module import ImageClassifier
 from fashionstream.classifier.nets import count_macs, count_params
 
 OPSET = 18
+# ModelCheckpoint's file name for a run without a validation set (`--data.val_size 0`, set by
+# `fashionstream train`): its last epoch, which `best_checkpoint` falls back to.
+FINAL_SUFFIX = "-final"
+FINAL_CHECKPOINT = "epoch{epoch:02d}" + FINAL_SUFFIX
 
 
 class FlipTTA(nn.Module):
@@ -73,7 +77,7 @@ def best_checkpoint(run_dir: Path) -> Path:
     validated = [p for p in found if "val_acc" in p.name]
     if validated:
         return max(validated, key=lambda p: float(p.stem.split("val_acc")[-1]))
-    final = sorted(p for p in found if p.stem.endswith("-final"))
+    final = sorted(p for p in found if p.stem.endswith(FINAL_SUFFIX))
     if final:
         return final[-1]
     raise FileNotFoundError(

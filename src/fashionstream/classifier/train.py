@@ -33,12 +33,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from fashionstream.classifier import reports
 from fashionstream.classifier.data import FashionMNIST, ImageDataModule
+from fashionstream.classifier.export import FINAL_CHECKPOINT
 from fashionstream.classifier.module import FashionCNN, ImageClassifier, PatchCNN, ResNet
 
-__all__ = ["FINAL_CHECKPOINT", "FashionCNN", "FashionMNIST", "PatchCNN", "ResNet", "TrainCLI", "main"]
-
-# The checkpoint name of a run without validation (`--data.val_size 0`); `fashionstream export` looks for it.
-FINAL_CHECKPOINT = "epoch{epoch:02d}-final"
+__all__ = ["FashionCNN", "FashionMNIST", "PatchCNN", "ResNet", "TrainCLI", "main"]
 
 
 class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
