@@ -213,12 +213,13 @@ def plot_macs(runs: list[dict], groups: list[dict], out: Path) -> None:
         return [g for g in pool if not any(o["macs"] <= g["macs"] and o["test_acc_mean"] > g["test_acc_mean"]
                                            for o in pool)]  # fmt: skip
 
-    labelled = frontier(measured) + [g for g in frontier(three_seeds) if g not in frontier(measured)]
-    for pool, style, name in (
-        (measured, "-", "frontier, any number of seeds"),
-        (three_seeds, "--", "frontier, 3+ seeds"),
+    any_front, three_front = frontier(measured), frontier(three_seeds)
+    labelled = any_front + [g for g in three_front if g not in any_front]
+    for front, style, name in (
+        (any_front, "-", "frontier, any number of seeds"),
+        (three_front, "--", "frontier, 3+ seeds"),
     ):
-        steps = sorted(frontier(pool), key=lambda g: g["macs"])
+        steps = sorted(front, key=lambda g: g["macs"])
         if steps:
             xs = [g["macs"] / 1e6 for g in steps] + [max(30, steps[-1]["macs"] / 1e6)]  # flat up to the budget
             ys = [g["test_acc_mean"] for g in steps] + [steps[-1]["test_acc_mean"]]
