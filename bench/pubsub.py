@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,7 +42,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fashionstream.pubsub import admin, open_subscription, open_topic
+from fashionstream.machine import describe_machine
+from fashionstream.pubsub import admin, open_subscription, open_topic, parse_broker
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "pubsub.json"
@@ -223,17 +223,12 @@ def _fresh_pair(backend: str, kafka: str, project: str) -> tuple[str, str, str, 
     """(topic URL, subscription URL, short topic, short subscription, project) freshly created."""
     topic = f"bench-{uuid.uuid4().hex[:10]}"
     sub = f"{topic}-sub"
-    if backend == "mem":
-        topic_url, sub_url = f"mem://{topic}", f"mem://{topic}?subscription={sub}"
-        admin.create_topic(topic_url)
-        admin.create_subscription(sub_url)
-    elif backend == "kafka":
-        topic_url, sub_url = f"kafka://{kafka}/{topic}", f"kafka://{kafka}/{topic}?group={sub}"
-        admin.create_topic(topic_url)
-    else:
-        topic_url = f"gcppubsub://projects/{project}/topics/{topic}"
-        sub_url = f"gcppubsub://projects/{project}/subscriptions/{sub}"
-        admin.create_topic(topic_url)
+    broker_url = {"mem": "mem://", "kafka": f"kafka://{kafka}", "gcp": f"gcppubsub://projects/{project}"}[backend]
+    broker = parse_broker(broker_url)
+    topic_url, sub_url = broker.topic_url(topic), broker.subscription_url(topic, sub)
+    admin.create_topic(topic_url)
+    # Kafka groups need no creation (the admin call would only check the topic).
+    if backend != "kafka":
         admin.create_subscription(sub_url, topic=topic, ack_deadline_s=60)
     return topic_url, sub_url, topic, sub, project
 
@@ -307,30 +302,13 @@ def run_backend(backend: str, count: int, size: int, repeat: int, kafka: str, pr
 
 
 def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    for package in ("confluent-kafka", "google-cloud-pubsub"):
-        with contextlib.suppress(PackageNotFoundError):
-            info[package] = version(package)
-    try:
+    """The machine description every result file shares, plus the librdkafka the Kafka numbers depend on."""
+    info = describe_machine("confluent-kafka", "google-cloud-pubsub")
+    info["load_average_at_start"] = info.pop("load_average")  # paired with load_average_at_end
+    with contextlib.suppress(ImportError):
         import confluent_kafka
 
         info["librdkafka"] = confluent_kafka.libversion()[0]
-    except ImportError:
-        pass
     return info
 
 
@@ -354,7 +332,7 @@ def markdown(report: dict[str, Any]) -> str:
     rows.append("")
     rows.append(
         f"{config['count']:,} messages of {config['size']} bytes per measurement, median of {config['repeat']} "
-        f"runs; {report['machine'].get('cpus')} CPUs ({report['machine'].get('cpu', '?')}), load average "
+        f"runs; {report['machine'].get('cores')} CPUs ({report['machine'].get('cpu', '?')}), load average "
         f"{report['machine']['load_average_at_start']} at start; {report['date']}. "
         "Overhead = (raw - API) / raw; negative means the API was faster. CPU = this client process's CPU "
         "time per message (all threads, connecting included; not the broker's)."

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from fashionstream.pubsub import Publisher, Subscriber, admin
+from fashionstream.pubsub import Publisher, Subscriber, admin, parse_broker
 from fashionstream.pubsub.drivers import kafka
 from fashionstream.pubsub.urls import parse_url
 from pubsub import RawKafka  # bench/pubsub.py, next to this file
@@ -66,8 +66,9 @@ def one_round(servers: str, count: int, payload: bytes, rows: dict[str, list[flo
     def add(name: str, seconds: float) -> None:
         rows.setdefault(name, []).append(seconds / count * 1e6)
 
+    broker = parse_broker(f"kafka://{servers}")
     topic = f"breakdown-{uuid.uuid4().hex[:10]}"
-    url = f"kafka://{servers}/{topic}"
+    url = broker.topic_url(topic)
     admin.create_topic(url)
     try:
         driver = TimedDriver(kafka.open_topic_driver(parse_url(url), {}), ("send_batch",))
@@ -87,7 +88,7 @@ def one_round(servers: str, count: int, payload: bytes, rows: dict[str, list[flo
 
         options = {"auto.offset.reset": "earliest"}
         sub_driver = TimedDriver(
-            kafka.open_subscription_driver(parse_url(f"{url}?group={topic}"), options),
+            kafka.open_subscription_driver(parse_url(broker.subscription_url(topic, topic)), options),
             ("receive_batch", "send_acks"),
         )
         with Subscriber(sub_driver, native_ack_deadlines=False) as sub:  # type: ignore[arg-type]
@@ -117,7 +118,8 @@ def one_round(servers: str, count: int, payload: bytes, rows: dict[str, list[flo
         admin.delete_topic(url)
 
     raw_topic = f"breakdown-raw-{uuid.uuid4().hex[:10]}"
-    admin.create_topic(f"kafka://{servers}/{raw_topic}")
+    raw_url = broker.topic_url(raw_topic)
+    admin.create_topic(raw_url)
     try:
         raw = RawKafka(servers, raw_topic, raw_topic)
         process = time.process_time()
@@ -127,7 +129,7 @@ def one_round(servers: str, count: int, payload: bytes, rows: dict[str, list[flo
         raw.receive(count, payload)
         add("raw receive: whole process (group join included)", time.process_time() - process)
     finally:
-        admin.delete_topic(f"kafka://{servers}/{raw_topic}")
+        admin.delete_topic(raw_url)
 
 
 def main() -> None:

@@ -15,7 +15,10 @@ pipeline tests, ...):
 - `unique_name` (function): a factory of collision-free names, `unique_name("images")`
   -> "images-3f2a9c1d7e"; runs never see each other's topics.
 - `backend` (function, parametrized "mem", "kafka", "gcp" with marks kafka / gcp):
-  a `Backend` that makes URLs and creates topics and subscriptions through
+  a `Backend` around one broker URL (`backend.broker_url`: "mem://",
+  "kafka://127.0.0.1:9092", "gcppubsub://projects/P") that makes topic and
+  subscription URLs with `fashionstream.pubsub.parse_broker` (the drivers' own
+  URL rules) and creates topics and subscriptions through
   `fashionstream.pubsub.admin`, deleting them after the test:
 
       def test_round_trip(backend):
@@ -43,7 +46,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from fashionstream.pubsub import admin
+from fashionstream.pubsub import Broker, admin, parse_broker
+from fashionstream.pubsub.urls import parse_url
 
 KAFKA_DEFAULT = "127.0.0.1:9092"
 EMULATOR_DEFAULT = "127.0.0.1:8085"
@@ -114,32 +118,31 @@ class Backend:
     """One broker as tests see it: URL makers, fresh topics and subscriptions, options for consumers."""
 
     name: str  # "mem", "kafka" or "gcp"
-    kafka_servers: str = ""
-    project: str = ""
+    broker_url: str  # "mem://", "kafka://127.0.0.1:9092", "gcppubsub://projects/P"
+    kafka_servers: str = ""  # "host:port" on Kafka
+    project: str = ""  # the project on Pub/Sub
     subscriber_options: dict[str, object] = field(default_factory=dict)
     _cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     # -- URLs ------------------------------------------------------------------------------------
 
+    @property
+    def broker(self) -> Broker:
+        return parse_broker(self.broker_url)
+
     def topic_url(self, topic: str) -> str:
-        if self.name == "mem":
-            return f"mem://{topic}"
-        if self.name == "kafka":
-            return f"kafka://{self.kafka_servers}/{topic}"
-        return f"gcppubsub://projects/{self.project}/topics/{topic}"
+        return self.broker.topic_url(topic)
 
     def subscription_url(self, topic: str, subscription: str) -> str:
         """URL of `subscription` on `topic` (Pub/Sub URLs name only the subscription)."""
-        if self.name == "mem":
-            return f"mem://{topic}?subscription={subscription}"
-        if self.name == "kafka":
-            return f"kafka://{self.kafka_servers}/{topic}?group={subscription}"
-        return f"gcppubsub://projects/{self.project}/subscriptions/{subscription}"
+        return self.broker.subscription_url(topic, subscription)
 
     @staticmethod
     def topic_of(topic_url: str) -> str:
-        """The short topic name at the end of a topic URL made by this class."""
-        return topic_url.rsplit("/", 1)[-1]
+        """The short topic name of a topic URL."""
+        topic = admin.resource_names(parse_url(topic_url))[0]
+        assert topic is not None, f"{topic_url!r} names no topic"
+        return topic
 
     # -- resources -------------------------------------------------------------------------------
 
@@ -184,7 +187,7 @@ class Backend:
 
 def _make_backend(name: str, request: pytest.FixtureRequest) -> Backend:
     if name == "mem":
-        return Backend("mem")
+        return Backend("mem", "mem://")
     if name == "kafka":
         servers: str = request.getfixturevalue("kafka_bootstrap")
         # Short session timeouts: a killed consumer's partitions move within seconds, not 45 s.
@@ -193,9 +196,9 @@ def _make_backend(name: str, request: pytest.FixtureRequest) -> Backend:
             "heartbeat.interval.ms": 1000,
             "auto.offset.reset": "earliest",
         }
-        return Backend("kafka", kafka_servers=servers, subscriber_options=options)
+        return Backend("kafka", f"kafka://{servers}", kafka_servers=servers, subscriber_options=options)
     emulator: Emulator = request.getfixturevalue("pubsub_emulator")
-    return Backend("gcp", project=emulator.project)
+    return Backend("gcp", f"gcppubsub://projects/{emulator.project}", project=emulator.project)
 
 
 BACKEND_PARAMS = [

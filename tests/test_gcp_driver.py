@@ -16,7 +16,11 @@ import pytest
 
 from fashionstream.pubsub import errors
 from fashionstream.pubsub.driver import IncomingMessage, OutgoingMessage
-from fashionstream.pubsub.drivers import gcp
+from fashionstream.pubsub.drivers import gcppubsub as gcp
+from fashionstream.pubsub.drivers.gcppubsub import client as gcp_client
+from fashionstream.pubsub.drivers.gcppubsub import topic as gcp_topic
+from fashionstream.pubsub.drivers.gcppubsub.admin import GcpAdminDriver
+from fashionstream.pubsub.drivers.gcppubsub.subscription import GcpSubscriptionDriver
 from fashionstream.pubsub.urls import parse_url
 
 pytestmark = pytest.mark.gcp
@@ -28,27 +32,27 @@ def project(pubsub_emulator: Any) -> str:
 
 
 @pytest.fixture
-def admin(project: str) -> Iterator[gcp.GcpAdminDriver]:
+def admin(project: str) -> Iterator[GcpAdminDriver]:
     driver = gcp.open_admin_driver(parse_url(f"gcppubsub://projects/{project}"), {})
     yield driver
     driver.close()
 
 
 @pytest.fixture
-def topic(admin: gcp.GcpAdminDriver) -> Iterator[str]:
+def topic(admin: GcpAdminDriver) -> Iterator[str]:
     name = f"gcp-driver-{uuid.uuid4().hex[:10]}"
     assert admin.create_topic(name) is True
     yield name
     admin.delete_topic(name)
 
 
-def _subscription(admin: gcp.GcpAdminDriver, topic: str, **kwargs: Any) -> str:
+def _subscription(admin: GcpAdminDriver, topic: str, **kwargs: Any) -> str:
     name = f"gcp-driver-sub-{uuid.uuid4().hex[:10]}"
     assert admin.create_subscription(name, topic=topic, **kwargs) is True
     return name
 
 
-def _receive(sub: gcp.GcpSubscriptionDriver, count: int, timeout: float = 30.0) -> list[IncomingMessage]:
+def _receive(sub: GcpSubscriptionDriver, count: int, timeout: float = 30.0) -> list[IncomingMessage]:
     got: list[IncomingMessage] = []
     deadline = time.monotonic() + timeout
     while len(got) < count and time.monotonic() < deadline:
@@ -60,14 +64,14 @@ def _receive(sub: gcp.GcpSubscriptionDriver, count: int, timeout: float = 30.0) 
 
 
 def test_a_batch_larger_than_one_publish_request_keeps_order_per_key(
-    admin: gcp.GcpAdminDriver, project: str, topic: str
+    admin: GcpAdminDriver, project: str, topic: str
 ) -> None:
-    # Real message ordering, which the driver leaves off on the emulator by default (see gcp.py);
+    # Real message ordering, which the driver leaves off on the emulator by default (see drivers/gcppubsub);
     # three keys cost the emulator three threads.
     ordered_admin = gcp.open_admin_driver(parse_url(f"gcppubsub://projects/{project}"), {"message_ordering": True})
     subscription = _subscription(ordered_admin, topic)
     ordered_admin.close()
-    count = gcp.MAX_PUBLISH_MESSAGES * 2 + 17  # three Publish requests
+    count = gcp_topic.MAX_PUBLISH_MESSAGES * 2 + 17  # three Publish requests
     pub = gcp.open_topic_driver(parse_url(f"gcppubsub://projects/{project}/topics/{topic}"), {})
     try:
         ids = pub.send_batch([OutgoingMessage(data=str(i).encode(), key=f"k{i % 3}") for i in range(count)], 60.0)
@@ -87,14 +91,12 @@ def test_a_batch_larger_than_one_publish_request_keeps_order_per_key(
 
 def test_chunks_respect_the_request_size_limit() -> None:
     big = OutgoingMessage(data=b"x" * (4 * 1024 * 1024))
-    chunks = list(gcp._chunks([big, big, big, OutgoingMessage(data=b"small")]))
+    chunks = list(gcp_topic._chunks([big, big, big, OutgoingMessage(data=b"small")]))
     assert [len(c) for c in chunks] == [2, 2]
-    assert list(gcp._chunks([])) == []
+    assert list(gcp_topic._chunks([])) == []
 
 
-def test_delivery_attempt_counts_under_a_dead_letter_policy(
-    admin: gcp.GcpAdminDriver, project: str, topic: str
-) -> None:
+def test_delivery_attempt_counts_under_a_dead_letter_policy(admin: GcpAdminDriver, project: str, topic: str) -> None:
     dead_letter = f"gcp-driver-dlq-{uuid.uuid4().hex[:8]}"
     admin.create_topic(dead_letter)
     subscription = _subscription(admin, topic, dead_letter_topic=dead_letter, max_delivery_attempts=5)
@@ -120,7 +122,7 @@ def test_delivery_attempt_counts_under_a_dead_letter_policy(
 
 
 def test_without_a_dead_letter_policy_delivery_attempt_is_unknown(
-    admin: gcp.GcpAdminDriver, project: str, topic: str
+    admin: GcpAdminDriver, project: str, topic: str
 ) -> None:
     subscription = _subscription(admin, topic)
     pub = gcp.open_topic_driver(parse_url(f"gcppubsub://projects/{project}/topics/{topic}"), {})
@@ -137,7 +139,7 @@ def test_without_a_dead_letter_policy_delivery_attempt_is_unknown(
         admin.delete_subscription(subscription)
 
 
-def test_admin_create_is_idempotent_and_missing_topics_are_not_found(admin: gcp.GcpAdminDriver, topic: str) -> None:
+def test_admin_create_is_idempotent_and_missing_topics_are_not_found(admin: GcpAdminDriver, topic: str) -> None:
     assert admin.create_topic(topic) is False
     missing = f"nope-{uuid.uuid4().hex[:8]}"
     with pytest.raises(errors.NotFound, match=missing):
@@ -148,7 +150,7 @@ def test_admin_create_is_idempotent_and_missing_topics_are_not_found(admin: gcp.
 
 def test_unreachable_emulator_is_unavailable_naming_the_address(monkeypatch: pytest.MonkeyPatch, project: str) -> None:
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:1")
-    monkeypatch.setattr(gcp, "METADATA_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(gcp_client, "METADATA_TIMEOUT_S", 2.0)
     with pytest.raises((errors.Unavailable, errors.Timeout), match=r"127\.0\.0\.1:1\b"):
         gcp.open_topic_driver(parse_url(f"gcppubsub://projects/{project}/topics/anything"), {})
 

@@ -2,21 +2,28 @@
 
 The portable conformance suite covers the behaviour users see; these tests pin down what only the
 Kafka driver does: committing offsets strictly behind unacked messages, rewinding on nack, failing
-fast on missing topics and unreachable brokers, and the bookkeeping itself (`_PartitionOffsets`).
+fast on missing topics and unreachable brokers, and the bookkeeping itself (`PartitionOffsets`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import socket
 import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from fashionstream.pubsub import errors
+from fashionstream.pubsub import errors, open_subscription, open_topic
 from fashionstream.pubsub.driver import ErrorCode, IncomingMessage, OutgoingMessage, ParsedURL
 from fashionstream.pubsub.drivers import kafka
+from fashionstream.pubsub.drivers.kafka import client as kafka_client
+from fashionstream.pubsub.drivers.kafka.admin import KafkaAdminDriver
+from fashionstream.pubsub.drivers.kafka.offsets import PartitionOffsets
+from fashionstream.pubsub.drivers.kafka.subscription import KafkaSubscriptionDriver
 from fashionstream.pubsub.urls import parse_url
 
 
@@ -35,14 +42,14 @@ def bootstrap(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def admin(bootstrap: str) -> Iterator[kafka.KafkaAdminDriver]:
+def admin(bootstrap: str) -> Iterator[KafkaAdminDriver]:
     driver = kafka.open_admin_driver(parse_url(f"kafka://{bootstrap}"), {})
     yield driver
     driver.close()
 
 
 @pytest.fixture
-def topic(admin: kafka.KafkaAdminDriver) -> Iterator[str]:
+def topic(admin: KafkaAdminDriver) -> Iterator[str]:
     name = f"test-kafka-driver-{uuid.uuid4().hex[:10]}"
     assert admin.create_topic(name, partitions=1) is True
     yield name
@@ -53,7 +60,7 @@ def _url(bootstrap: str, topic: str, group: str | None = None) -> ParsedURL:
     return parse_url(f"kafka://{bootstrap}/{topic}" + (f"?group={group}" if group else ""))
 
 
-def _receive(sub: kafka.KafkaSubscriptionDriver, count: int, timeout: float = 30.0) -> list[IncomingMessage]:
+def _receive(sub: KafkaSubscriptionDriver, count: int, timeout: float = 30.0) -> list[IncomingMessage]:
     """Exactly `count` messages, or fail after `timeout` (joining a group takes a few seconds)."""
     got: list[IncomingMessage] = []
     deadline = time.monotonic() + timeout
@@ -169,16 +176,44 @@ def test_missing_topic_is_not_found_for_topic_and_subscription(bootstrap: str) -
 
 
 def test_unreachable_broker_is_unavailable_naming_the_address(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kafka, "METADATA_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(kafka_client, "METADATA_TIMEOUT_S", 1.0)
     with pytest.raises(errors.Unavailable, match=r"127\.0\.0\.1:1\b"):
         kafka.open_topic_driver(parse_url("kafka://127.0.0.1:1/images"), {})
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_unreachable_broker_gives_one_clear_error_not_a_log_flood(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # librdkafka retries a refused connection ~20 times a second and reports each attempt; the user
+    # should see one Unavailable naming the address, not hundreds of log lines.
+    address = f"127.0.0.1:{_free_port()}"
+    caplog.set_level(logging.DEBUG)
+    for opening in (
+        lambda: open_topic(f"kafka://{address}/images"),
+        lambda: open_subscription(f"kafka://{address}/images?group=g"),
+    ):
+        started = time.monotonic()
+        with pytest.raises(errors.Unavailable, match=re.escape(address)):
+            opening()
+        assert time.monotonic() - started < 12  # the 10 s metadata wait, then the error
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(loud) <= 2, [r.getMessage() for r in loud]
+    assert any(r.levelno == logging.DEBUG and address in r.getMessage() for r in caplog.records)  # kept, quietly
+    stderr = capfd.readouterr().err
+    assert len(stderr.splitlines()) <= 2, stderr
 
 
 def test_too_large_message_is_invalid_argument_and_not_retryable(bootstrap: str, topic: str) -> None:
     pub = kafka.open_topic_driver(_url(bootstrap, topic), {})
     try:
         with pytest.raises(Exception) as caught:
-            pub.send_batch([OutgoingMessage(data=b"x" * (kafka.MAX_MESSAGE_BYTES + 1))], 10.0)
+            pub.send_batch([OutgoingMessage(data=b"x" * (kafka_client.MAX_MESSAGE_BYTES + 1))], 10.0)
         assert pub.error_code(caught.value) is ErrorCode.INVALID_ARGUMENT
         assert pub.is_retryable(caught.value) is False
     finally:
@@ -201,9 +236,7 @@ def test_bad_native_option_is_invalid_argument_without_the_secret(bootstrap: str
     assert "hunter2" not in str(caught.value)
 
 
-def test_admin_create_is_idempotent_and_subscription_checks_the_topic(
-    admin: kafka.KafkaAdminDriver, topic: str
-) -> None:
+def test_admin_create_is_idempotent_and_subscription_checks_the_topic(admin: KafkaAdminDriver, topic: str) -> None:
     assert admin.create_topic(topic) is False  # exists already
     assert admin.create_subscription("fresh-group", topic=topic) is True
     with pytest.raises(errors.NotFound, match="nope-"):
@@ -216,7 +249,7 @@ def test_admin_create_is_idempotent_and_subscription_checks_the_topic(
 
 
 def test_partition_offsets_commit_only_the_contiguous_acked_prefix() -> None:
-    state = kafka._PartitionOffsets()
+    state = PartitionOffsets()
     for offset in (5, 6, 8, 9):  # 7 is a gap (e.g. a transaction marker): never delivered
         state.deliver(offset)
     assert state.ack(6) is False and state.pending_commit() is None
@@ -228,7 +261,7 @@ def test_partition_offsets_commit_only_the_contiguous_acked_prefix() -> None:
 
 
 def test_partition_offsets_rewind_forgets_later_deliveries() -> None:
-    state = kafka._PartitionOffsets()
+    state = PartitionOffsets()
     for offset in range(4):
         state.deliver(offset)
     state.ack(2)
@@ -240,7 +273,7 @@ def test_partition_offsets_rewind_forgets_later_deliveries() -> None:
     assert state.ack(1) is True and state.pending_commit() == 2
 
 
-def test_rebalance_hands_unacked_messages_to_the_new_owner(bootstrap: str, admin: kafka.KafkaAdminDriver) -> None:
+def test_rebalance_hands_unacked_messages_to_the_new_owner(bootstrap: str, admin: KafkaAdminDriver) -> None:
     name = f"test-kafka-rebalance-{uuid.uuid4().hex[:8]}"
     admin.create_topic(name, partitions=2)
     try:

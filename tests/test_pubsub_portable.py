@@ -26,12 +26,16 @@ from fashionstream.pubsub import (
     Timeout,
     Unavailable,
     admin,
+    broker_url_help,
+    drivers,
+    errors,
     open_subscription,
     open_topic,
+    parse_broker,
 )
 from fashionstream.pubsub.api import PubSubAPI
 from fashionstream.pubsub.driver import ErrorCode, IncomingMessage, OutgoingMessage, ParsedURL
-from fashionstream.pubsub.drivers import memory
+from fashionstream.pubsub.drivers import load_driver, mem, schemes
 from fashionstream.pubsub.publisher import PublisherSettings
 from fashionstream.pubsub.subscriber import SubscriberSettings
 from fashionstream.pubsub.urls import parse_url, redact, safe_url
@@ -119,10 +123,214 @@ def test_secrets_are_redacted() -> None:
 
 def test_missing_client_library_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     # The real import machinery with confluent_kafka made unimportable: what a user without the extra sees.
-    monkeypatch.delitem(sys.modules, "fashionstream.pubsub.drivers.kafka", raising=False)
+    for name in [m for m in sys.modules if m.startswith("fashionstream.pubsub.drivers.kafka")]:
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "confluent_kafka", None)
     with pytest.raises(MissingExtra, match=r"pip install 'fashionstream\[kafka\]'"):
         open_topic("kafka://127.0.0.1:9092/images")
+
+
+# -- broker URLs and drivers ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("broker_url", "topic_url", "subscription_url"),
+    [
+        ("mem://", "mem://images", "mem://images?subscription=svc"),
+        ("kafka://127.0.0.1:9092", "kafka://127.0.0.1:9092/images", "kafka://127.0.0.1:9092/images?group=svc"),
+        ("kafka://127.0.0.1:9092/", "kafka://127.0.0.1:9092/images", "kafka://127.0.0.1:9092/images?group=svc"),
+        ("kafka://h1:9092,h2:9093", "kafka://h1:9092,h2:9093/images", "kafka://h1:9092,h2:9093/images?group=svc"),
+        (
+            "gcppubsub://projects/p1",
+            "gcppubsub://projects/p1/topics/images",
+            "gcppubsub://projects/p1/subscriptions/svc",
+        ),
+    ],
+)
+def test_broker_makes_the_urls_of_its_topics_and_subscriptions(
+    broker_url: str, topic_url: str, subscription_url: str
+) -> None:
+    broker = parse_broker(broker_url)
+    assert (broker.url, broker.scheme) == (broker_url, broker_url.split(":", 1)[0])
+    assert broker.topic_url("images") == topic_url
+    assert broker.subscription_url("images", "svc") == subscription_url
+    assert admin.resource_names(parse_url(topic_url))[0] == "images"
+    assert admin.resource_names(parse_url(subscription_url))[1] == "svc"
+
+
+def test_the_pipeline_broker_urls() -> None:
+    assert parse_broker("mem://").subscription_url("images", "model-service") == (
+        "mem://images?subscription=model-service"
+    )
+    assert (
+        parse_broker("gcppubsub://projects/p1").topic_url("images.dlq") == "gcppubsub://projects/p1/topics/images.dlq"
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://x",
+        "kafka://",
+        "gcppubsub://p1",
+        "gcppubsub://projects/",
+        "gcppubsub://projects/p1/topics/images",
+        "kafka://h:1?sasl=x",
+        "kafka://h:1/images",
+        "kafka://h:99999",
+        "kafka://h:abc",
+        "mem://images",
+        "localhost:9092",
+    ],
+)
+def test_a_bad_broker_url_is_a_value_error_saying_broker_url(url: str) -> None:
+    with pytest.raises(ValueError, match="broker URL") as caught:
+        parse_broker(url)
+    assert isinstance(caught.value, InvalidArgument)
+
+
+def test_query_parameters_in_a_broker_url_point_to_options() -> None:
+    with pytest.raises(InvalidArgument, match="options") as caught:
+        parse_broker("kafka://h:1?sasl.password=hunter2")
+    assert "hunter2" not in str(caught.value)
+
+
+def test_cloudevents_prefix_is_the_binding_of_the_scheme() -> None:
+    prefixes = {
+        url: parse_broker(url).cloudevents_prefix for url in ("kafka://h:1", "gcppubsub://projects/p", "mem://")
+    }
+    assert prefixes == {"kafka://h:1": "ce_", "gcppubsub://projects/p": "ce-", "mem://": "ce-"}
+
+
+def test_broker_url_help_lists_every_driver() -> None:
+    text = broker_url_help()
+    assert all(load_driver(scheme).BROKER_URL_FORM in text for scheme in schemes())
+    assert "kafka://HOST:PORT[,HOST:PORT...]" in text and "gcppubsub://projects/PROJECT" in text and "mem://" in text
+
+
+@pytest.mark.parametrize(
+    "opening",
+    [
+        lambda: open_topic("kafka://127.0.0.1:99999/images"),
+        lambda: open_subscription("kafka://127.0.0.1:abc/images?group=g"),
+        lambda: open_topic("kafka://h1:9092,h2:0/images"),
+        lambda: admin.create_topic("kafka://127.0.0.1:65536/images"),
+        lambda: parse_broker("kafka://127.0.0.1:-1"),
+    ],
+)
+def test_invalid_ports_are_refused_when_the_url_is_parsed(opening: Any) -> None:
+    with pytest.raises(InvalidArgument, match=r"invalid port .* in 'kafka://"):
+        opening()
+
+
+@pytest.mark.parametrize(("scheme", "name"), [("kafka", "a/b"), ("kafka", ""), ("mem", "a?b"), ("gcppubsub", "a/b")])
+def test_a_name_that_cannot_be_written_in_a_url_is_refused(scheme: str, name: str) -> None:
+    broker = parse_broker({"kafka": "kafka://h:1", "mem": "mem://", "gcppubsub": "gcppubsub://projects/p"}[scheme])
+    with pytest.raises(InvalidArgument, match="cannot be written"):
+        broker.topic_url(name)
+
+
+def test_schemes_are_the_names_of_the_driver_modules() -> None:
+    assert schemes() == ("gcppubsub", "kafka", "mem")
+    assert all(scheme == load_driver(scheme).SCHEME for scheme in schemes())
+
+
+_FAKE_DRIVER = """
+# A backend added as one module: the in-memory broker under another scheme.
+from fashionstream.pubsub.driver import ApiConfig
+from fashionstream.pubsub.drivers.mem import *  # noqa: F403
+
+SCHEME = "fake"
+BROKER_URL_FORM = "fake:// (a test double)"
+API_BROKER_TYPE = "Fake"
+
+
+def topic_url(broker, topic):
+    return f"fake://{topic}"
+
+
+def subscription_url(broker, topic, subscription):
+    return f"fake://{topic}?subscription={subscription}"
+
+
+def api_config(config):
+    return ApiConfig("fake://", "fashionstream", create_missing=True)
+"""
+
+
+def test_a_new_driver_module_is_found_without_registering_it(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "fake.py").write_text(_FAKE_DRIVER)
+    monkeypatch.setattr(drivers, "__path__", [*drivers.__path__, str(tmp_path)])
+    schemes.cache_clear()
+    try:
+        assert "fake" in schemes() and "fake://" in broker_url_help()
+        broker = parse_broker("fake://")
+        topic = broker.topic_url("t")
+        admin.create_topic(topic)
+        admin.create_subscription(broker.subscription_url("t", "s"))
+        with open_topic(topic) as pub:
+            pub.send(b"through a new backend").result(5)
+        with open_subscription(broker.subscription_url("t", "s")) as sub:
+            message = sub.receive(timeout=10)
+            message.ack()
+        assert message.data == b"through a new backend"
+        assert PubSubAPI("Fake").topic_url("x") == "fake://x"
+    finally:
+        monkeypatch.undo()
+        schemes.cache_clear()
+        sys.modules.pop("fashionstream.pubsub.drivers.fake", None)
+
+
+_CLIENTS = {
+    "kafka": ("kafka://127.0.0.1:9092", ["confluent_kafka"], "kafka"),
+    "gcppubsub": ("gcppubsub://projects/p", ["google.pubsub_v1", "google.api_core", "google.auth"], "gcp"),
+}
+
+
+@pytest.mark.parametrize("scheme", sorted(_CLIENTS))
+def test_url_grammar_works_without_the_client_library(scheme: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    broker_url, client_modules, extra = _CLIENTS[scheme]
+    for name in [m for m in sys.modules if m.startswith(f"fashionstream.pubsub.drivers.{scheme}")]:
+        monkeypatch.delitem(sys.modules, name)
+    for name in client_modules:
+        monkeypatch.setitem(sys.modules, name, None)
+    broker = parse_broker(broker_url)
+    topic = broker.topic_url("images")
+    assert admin.resource_names(parse_url(topic)) == ("images", None)
+    assert extra == load_driver(scheme).EXTRA
+    with pytest.raises(MissingExtra, match=rf"pip install 'fashionstream\[{extra}\]'"):
+        open_topic(topic)
+    with pytest.raises(MissingExtra, match=rf"pip install 'fashionstream\[{extra}\]'"):
+        admin.create_topic(topic)
+
+
+def test_our_own_missing_module_is_a_plain_import_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "fashionstream.pubsub.drivers.kafka.topic", None)
+    with pytest.raises(ImportError) as caught:
+        open_topic("kafka://127.0.0.1:9092/images")
+    assert not isinstance(caught.value, MissingExtra)
+
+
+def test_every_error_code_has_one_exception_and_a_neutral_hint() -> None:
+    classes = {code: type(errors.from_code(code, "x")) for code in ErrorCode}
+    assert len(set(classes.values())) == len(ErrorCode)
+    native = OSError("native")
+    for code in ErrorCode:
+        error = errors.from_code(code, "opening thing", native)
+        assert errors.code_of(error) is code
+        assert error.__cause__ is native
+        assert str(error).startswith("opening thing")
+        # Hints must make sense from the CLI, Python or a container: no call names, no repository scripts.
+        assert "fashionstream." not in str(error) and "scripts/" not in str(error)
+
+
+def test_admin_topic_references_on_kafka_and_mem() -> None:
+    kafka_sub = parse_url("kafka://h:1/images?group=g")
+    assert admin.topic_reference("kafka://h:1/images", kafka_sub) == "images"
+    assert admin.topic_reference("images", kafka_sub) == "images"
+    assert admin.topic_reference("mem://images", parse_url("mem://images?subscription=s")) == "images"
+    with pytest.raises(InvalidArgument, match="dead_letter_topic.*not a kafka:// URL"):
+        admin.topic_reference("mem://images", kafka_sub, "dead_letter_topic")
 
 
 # -- Publisher -----------------------------------------------------------------------------------
@@ -291,7 +499,7 @@ def test_emulated_ack_deadline_redelivers(mem_topic: str) -> None:
     sub_url = mem_subscription(mem_topic, ack_deadline_s=600)  # the broker alone would wait 10 minutes
     with open_topic(mem_topic) as pub:
         pub.send(b"slow").result(5)
-    driver = memory.open_subscription_driver(parse_url(sub_url), {})
+    driver = mem.open_subscription_driver(parse_url(sub_url), {})
     with Subscriber(driver, SubscriberSettings(ack_deadline=0.2), native_ack_deadlines=False) as sub:
         first = sub.receive(timeout=10)
         second = sub.receive(timeout=10)  # not acked in time: the portable layer nacked it
@@ -441,13 +649,13 @@ def test_admin_create_is_idempotent_and_checks_the_topic(unique_name: Any) -> No
 def test_pubsub_topic_references_resolve_to_the_short_name(reference: str) -> None:
     url = parse_url("gcppubsub://projects/P/subscriptions/service")
     assert admin.resource_names(url) == (None, "service")
-    assert admin._topic_reference(reference, url, "topic") == "images"
+    assert admin.topic_reference(reference, url, "topic") == "images"
 
 
 def test_pubsub_topic_in_another_project_is_rejected() -> None:
     url = parse_url("gcppubsub://projects/P/subscriptions/service")
     with pytest.raises(InvalidArgument, match="another project"):
-        admin._topic_reference("projects/Q/topics/images", url, "topic")
+        admin.topic_reference("projects/Q/topics/images", url, "topic")
 
 
 # -- PubSubAPI facade ----------------------------------------------------------------------------
@@ -464,8 +672,24 @@ def test_pubsub_api_memory_round_trip(unique_name: Any) -> None:
     assert got == [{"id": "1", "image": "AAAA"}, b"\x00raw"]
 
 
+def test_pubsub_api_makes_urls_from_its_config_through_the_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "h1:9093")
+    monkeypatch.setenv("PUBSUB_PROJECT_ID", "p9")
+    kafka_api = PubSubAPI("Kafka", group_id="svc")  # connects nowhere until the first send / receive
+    assert kafka_api.topic_url("images") == "kafka://h1:9093/images"
+    assert kafka_api.subscription_url("images") == "kafka://h1:9093/images?group=svc"
+    assert PubSubAPI("Kafka", bootstrap_servers="h2:1").topic_url("t") == "kafka://h2:1/t"
+    gcp_api = PubSubAPI("GooglePubSub")
+    assert gcp_api.subscription_url("svc") == "gcppubsub://projects/p9/subscriptions/svc"
+    assert PubSubAPI("Memory").subscription_url("t") == "mem://t?subscription=fashionstream"
+    monkeypatch.delenv("PUBSUB_PROJECT_ID")
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    with pytest.raises(InvalidArgument, match="project_id"):
+        PubSubAPI("GooglePubSub")
+
+
 def test_pubsub_api_rejects_unknown_broker_type() -> None:
-    with pytest.raises(InvalidArgument, match="Kafka, GooglePubSub, Memory"):
+    with pytest.raises(InvalidArgument, match="GooglePubSub, Kafka, Memory"):
         PubSubAPI("RabbitMQ")
 
 

@@ -8,9 +8,15 @@
         message = sub.receive(timeout=10)
         message.ack()
 
+Code configured with one broker makes its topic and subscription URLs with
+`parse_broker`:
+
+    broker = parse_broker("kafka://127.0.0.1:9092")
+    open_topic(broker.topic_url("images"))
+
 The portable layer (`Publisher`, `Subscriber`) owns batching, retries, ack
-bookkeeping, flush and close; backends in `drivers/` only move batches. Guide:
-docs/pubsub.md.
+bookkeeping, flush and close; backends in `drivers/` only move batches and own
+their URL grammar. Guide: docs/pubsub.md.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fashionstream.pubsub.drivers import load_driver, native_ack_deadlines
+from fashionstream.pubsub.broker import Broker, broker_url_help, parse_broker
+from fashionstream.pubsub.drivers import client_imports, for_url, native_ack_deadlines
 from fashionstream.pubsub.errors import (
     AlreadyExists,
     Closed,
@@ -52,14 +59,15 @@ def open_topic(url: str, **options: Any) -> Publisher:
     librdkafka settings such as `**{"linger.ms": 5}`).
     """
     parsed = parse_url(url)
-    module = load_driver(parsed.scheme)
+    module = for_url(parsed)
     check_query(parsed, module.TOPIC_QUERY_PARAMS, "topic")
     portable, native = _split_options(options, PUBLISHER_OPTIONS)
     settings = PublisherSettings(**portable)  # validate before connecting anywhere
     log.debug("opening topic %s with native options %s", safe_url(url), redact(native))
     try:
-        driver = module.open_topic_driver(parsed, native)
-    except PubSubError:
+        with client_imports(module):
+            driver = module.open_topic_driver(parsed, native)
+    except (PubSubError, ImportError):  # an ImportError here is a packaging bug of ours: shown as is
         raise
     except Exception as err:
         raise PubSubError(f"opening topic {safe_url(url)} failed: {err}") from err
@@ -73,14 +81,15 @@ def open_subscription(url: str, **options: Any) -> Subscriber:
     poll_interval, retry_timeout. Any other option goes to the backend's client.
     """
     parsed = parse_url(url)
-    module = load_driver(parsed.scheme)
+    module = for_url(parsed)
     check_query(parsed, module.SUBSCRIPTION_QUERY_PARAMS, "subscription")
     portable, native = _split_options(options, SUBSCRIBER_OPTIONS)
     settings = SubscriberSettings(**portable)
     log.debug("opening subscription %s with native options %s", safe_url(url), redact(native))
     try:
-        driver = module.open_subscription_driver(parsed, native)
-    except PubSubError:
+        with client_imports(module):
+            driver = module.open_subscription_driver(parsed, native)
+    except (PubSubError, ImportError):  # an ImportError here is a packaging bug of ours: shown as is
         raise
     except Exception as err:
         raise PubSubError(f"opening subscription {safe_url(url)} failed: {err}") from err
@@ -89,6 +98,7 @@ def open_subscription(url: str, **options: Any) -> Subscriber:
 
 __all__ = [
     "AlreadyExists",
+    "Broker",
     "Closed",
     "InvalidArgument",
     "Message",
@@ -100,6 +110,8 @@ __all__ = [
     "Subscriber",
     "Timeout",
     "Unavailable",
+    "broker_url_help",
     "open_subscription",
     "open_topic",
+    "parse_broker",
 ]

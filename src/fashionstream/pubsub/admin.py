@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from fashionstream.pubsub import errors
 from fashionstream.pubsub.driver import AdminDriver, ErrorCode, ParsedURL
-from fashionstream.pubsub.drivers import load_driver
+from fashionstream.pubsub.drivers import DriverModule, client_imports, for_url
 from fashionstream.pubsub.retry import call_with_retries, wrap_error
 from fashionstream.pubsub.urls import check_query, parse_url, safe_url
 
@@ -34,52 +34,30 @@ ADMIN_TIMEOUT = 30.0
 
 
 def resource_names(url: ParsedURL) -> tuple[str | None, str | None]:
-    """(topic, subscription) named by a URL of any scheme; either may be None."""
-    if url.scheme == "mem":
-        return url.host or None, url.query.get("subscription") or None
-    if url.scheme == "kafka":
-        return url.path or None, url.query.get("group") or None
-    if url.scheme == "gcppubsub":
-        kind, name = _gcp_resource(url)
-        return (name, None) if kind == "topics" else (None, name)
-    raise errors.InvalidArgument(f"unknown broker URL scheme {url.scheme!r} in {safe_url(url.raw)!r}")
+    """(topic, subscription) named by a URL of any scheme, as its driver reads it; either may be None."""
+    return for_url(url).resource_names(url)
 
 
-def _gcp_resource(url: ParsedURL) -> tuple[str, str]:
-    """('topics' | 'subscriptions', name) of gcppubsub://projects/P/{topics|subscriptions}/NAME."""
-    parts = url.path.split("/")
-    if url.host != "projects" or len(parts) != 3 or parts[1] not in ("topics", "subscriptions") or not parts[2]:
-        raise errors.InvalidArgument(
-            f"{safe_url(url.raw)!r} is not a Pub/Sub URL; expected gcppubsub://projects/PROJECT/topics/NAME "
-            "or gcppubsub://projects/PROJECT/subscriptions/NAME"
-        )
-    return parts[1], parts[2]
+def topic_reference(reference: str, url: ParsedURL, what: str = "topic") -> str:
+    """The short topic name `reference` stands for, next to `url`, as its driver reads it.
 
-
-def _topic_reference(reference: str, url: ParsedURL, what: str) -> str:
-    """Short topic name from a name, a 'projects/P/topics/T' path or a topic URL of the same backend."""
-    if "://" in reference:
-        ref_url = parse_url(reference)
-        if ref_url.scheme != url.scheme:
-            raise errors.InvalidArgument(f"{what} {safe_url(reference)!r} is not a {url.scheme}:// URL")
-        topic, _ = resource_names(ref_url)
-        if topic is None:
-            raise errors.InvalidArgument(f"{what} {safe_url(reference)!r} names no topic")
-        if url.scheme == "gcppubsub" and ref_url.path.split("/")[0] != url.path.split("/")[0]:
-            raise errors.InvalidArgument(f"{what} {reference!r} is in another project than {url.raw!r}")
-        return topic
-    if reference.startswith("projects/"):
-        return _topic_reference("gcppubsub://" + reference, url, what) if url.scheme == "gcppubsub" else reference
-    return reference
+    A short name, or what the backend also accepts (a topic URL of the same backend;
+    on Pub/Sub a 'projects/P/topics/T' path, both in the project of `url`).
+    """
+    try:
+        return for_url(url).topic_reference(reference, url)
+    except errors.InvalidArgument as err:
+        raise errors.InvalidArgument(f"{what}={safe_url(reference)!r}: {err}") from None
 
 
 def _open(url: str, options: dict[str, object]) -> tuple[ParsedURL, AdminDriver]:
     parsed = parse_url(url)
-    module = load_driver(parsed.scheme)
+    module: DriverModule = for_url(parsed)
     check_query(parsed, module.TOPIC_QUERY_PARAMS | module.SUBSCRIPTION_QUERY_PARAMS, "admin")
     try:
-        return parsed, module.open_admin_driver(parsed, dict(options))
-    except errors.PubSubError:
+        with client_imports(module):
+            return parsed, module.open_admin_driver(parsed, dict(options))
+    except (errors.PubSubError, ImportError):  # an ImportError here is a packaging bug of ours: shown as is
         raise
     except Exception as err:
         raise errors.PubSubError(f"opening the admin client for {safe_url(url)} failed: {err}") from err
@@ -148,15 +126,15 @@ def create_subscription(
 
     def op(parsed: ParsedURL, driver: AdminDriver) -> bool:
         url_topic, subscription = resource_names(parsed)
-        subscription = _require(subscription, "subscription (mem: ?subscription=, kafka: ?group=)", parsed)
-        chosen = _topic_reference(topic, parsed, "topic") if topic is not None else url_topic
+        subscription = _require(subscription, "subscription", parsed)
+        chosen = topic_reference(topic, parsed, "topic") if topic is not None else url_topic
         if chosen is None:
             raise errors.InvalidArgument(f"create_subscription({safe_url(url)!r}) needs topic=..., e.g. topic='images'")
         if url_topic is not None and chosen != url_topic:
             raise errors.InvalidArgument(
                 f"topic={topic!r} contradicts the topic {url_topic!r} named in {safe_url(url)!r}"
             )
-        dead = _topic_reference(dead_letter_topic, parsed, "dead_letter_topic") if dead_letter_topic else None
+        dead = topic_reference(dead_letter_topic, parsed, "dead_letter_topic") if dead_letter_topic else None
         return driver.create_subscription(
             subscription,
             topic=chosen,

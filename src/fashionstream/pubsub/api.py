@@ -1,67 +1,59 @@
-"""`PubSubAPI`: the original system's interface, `send(topic, message)` / `receive(name)`, on the portable layer.
+"""`PubSubAPI`: a `send(topic, message)` / `receive(name)` facade over the portable layer.
 
-For code written against the original `PubSubAPI(broker_type, **config)`:
+For code written against the `PubSubAPI(broker_type, **config)` interface:
 
     api = PubSubAPI("Kafka", bootstrap_servers="127.0.0.1:9092", group_id="service")
-    api.send("images", {"id": "1", "image": "..."})      # dict -> JSON body, like the original
+    api.send("images", {"id": "1", "image": "..."})      # dict -> JSON body
     for body in api.receive("images", max_messages=10):  # decoded JSON (dict) or raw bytes, acked
         ...
     api.close()
 
 New code should use `open_topic` / `open_subscription`, which expose
 batching, futures and explicit acks. The facade keeps one publisher per topic
-and one subscriber per source, and closes them all on `close()`.
+and one subscriber per source, and closes them all on `close()`. Each backend's
+driver says what its `broker_type` is called and which config keys it reads
+(`api_config` in `drivers/<scheme>`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import threading
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any
 
 from fashionstream.pubsub import admin
+from fashionstream.pubsub.broker import parse_broker
+from fashionstream.pubsub.drivers import api_driver
 from fashionstream.pubsub.errors import InvalidArgument
 from fashionstream.pubsub.message import Message
 from fashionstream.pubsub.publisher import PUBLISHER_OPTIONS, Publisher
 from fashionstream.pubsub.subscriber import SUBSCRIBER_OPTIONS, Subscriber
 
-BROKER_TYPES = ("Kafka", "GooglePubSub", "Memory")
-
 
 class PubSubAPI:
     """One broker, addressed by short topic / subscription names.
 
-    broker_type and config:
+    broker_type and config (each driver's `api_config` reads its own keys):
       "Kafka":        bootstrap_servers (default $KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092),
                       group_id (consumer group of receive(); default "fashionstream"),
                       any librdkafka option, e.g. **{"security.protocol": "SASL_SSL"}.
       "GooglePubSub": project_id (default $PUBSUB_PROJECT_ID or $GOOGLE_CLOUD_PROJECT), client options.
       "Memory":       subscription (name used by receive(); default "fashionstream").
-    Common: create_missing (create topics / subscriptions on first use; default True for Memory only),
-    and the portable options of open_topic / open_subscription (linger, ack_deadline, ...).
+    Common: create_missing (create topics / subscriptions on first use; the default is the
+    backend's: on for Memory only), and the portable options of open_topic / open_subscription
+    (linger, ack_deadline, ...).
     """
 
     def __init__(self, broker_type: str, **config: Any) -> None:
-        if broker_type not in BROKER_TYPES:
-            raise InvalidArgument(f"unknown broker_type {broker_type!r}; accepted: {', '.join(BROKER_TYPES)}")
+        driver = api_driver(broker_type)
+        settings = driver.api_config(config)  # takes the backend's own keys out of config
         self.broker_type = broker_type
-        self._create_missing = bool(config.pop("create_missing", broker_type == "Memory"))
-        if broker_type == "Kafka":
-            self._servers = str(
-                config.pop("bootstrap_servers", os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
-            )
-            self._group = str(config.pop("group_id", "fashionstream"))
-        elif broker_type == "GooglePubSub":
-            project = config.pop("project_id", None) or os.environ.get("PUBSUB_PROJECT_ID")
-            project = project or os.environ.get("GOOGLE_CLOUD_PROJECT")
-            if not project:
-                raise InvalidArgument("GooglePubSub needs project_id=... (or $PUBSUB_PROJECT_ID)")
-            self._project = str(project)
-        else:
-            self._subscription = str(config.pop("subscription", "fashionstream"))
+        self.broker = parse_broker(settings.broker_url)
+        # None: receive(source) names a subscription; else it names a topic read as this subscription.
+        self._subscription = settings.subscription
+        self._create_missing = bool(config.pop("create_missing", settings.create_missing))
         self._topic_options = {k: v for k, v in config.items() if k not in SUBSCRIBER_OPTIONS}
         self._subscription_options = {k: v for k, v in config.items() if k not in PUBLISHER_OPTIONS}
         self._lock = threading.Lock()
@@ -71,21 +63,16 @@ class PubSubAPI:
     # -- URLs ----------------------------------------------------------------------------------
 
     def topic_url(self, topic: str) -> str:
-        if self.broker_type == "Kafka":
-            return f"kafka://{self._servers}/{topic}"
-        if self.broker_type == "GooglePubSub":
-            return f"gcppubsub://projects/{self._project}/topics/{topic}"
-        return f"mem://{topic}"
+        return self.broker.topic_url(topic)
 
-    def subscription_url(self, source: str) -> str:
-        """Kafka and Memory: `source` is the topic; GooglePubSub: it is the subscription."""
-        if self.broker_type == "Kafka":
-            return f"kafka://{self._servers}/{source}?group={self._group}"
-        if self.broker_type == "GooglePubSub":
-            return f"gcppubsub://projects/{self._project}/subscriptions/{source}"
-        return f"mem://{source}?subscription={self._subscription}"
+    def subscription_url(self, source: str, topic: str | None = None) -> str:
+        """The URL receive(source) reads: topic `source` as the configured subscription, or subscription `source`."""
+        if self._subscription is not None:
+            return self.broker.subscription_url(source, self._subscription)
+        # Such backends' subscription URLs do not contain the topic (see `ApiConfig.subscription`).
+        return self.broker.subscription_url(topic or source, source)
 
-    # -- the original interface -----------------------------------------------------------------
+    # -- send / receive -------------------------------------------------------------------------
 
     def send(
         self, topic: str, message: dict[str, Any] | bytes | str, attributes: dict[str, str] | None = None
@@ -154,9 +141,9 @@ class PubSubAPI:
                 url = self.topic_url(topic)
                 if self._create_missing:
                     admin.create_topic(url)
-                    if self.broker_type == "Memory":
-                        # mem subscriptions only see what is published after they exist: make the
-                        # facade's subscription now so send-then-receive works as in the original.
+                    if self._subscription is not None:
+                        # A subscription only sees what is published after it exists (mem, Pub/Sub):
+                        # make the facade's subscription now, so send-then-receive works.
                         admin.create_subscription(self.subscription_url(topic))
                 publisher = self._publishers[topic] = open_topic(url, **self._topic_options)
             return publisher
@@ -167,9 +154,9 @@ class PubSubAPI:
         with self._lock:
             subscriber = self._subscribers.get(source)
             if subscriber is None:
-                url = self.subscription_url(source)
+                url = self.subscription_url(source, topic)
                 if self._create_missing:
-                    if self.broker_type == "GooglePubSub":
+                    if self._subscription is None:  # `source` is a subscription: its topic must be named
                         if topic is None:
                             raise InvalidArgument(f"creating subscription {source!r} needs topic=...")
                         admin.create_topic(self.topic_url(topic))

@@ -6,19 +6,40 @@ portable layer (`publisher.py`, `subscriber.py`); a driver only moves batches
 to and from its broker and classifies its own errors. Drivers never retry:
 they say whether an error is retryable and the portable layer decides.
 
-Every driver module in `drivers/` has the same shape:
+Every backend is one module or package in `drivers/` whose name is its URL
+scheme (`drivers/kafka/` serves `kafka://`); the portable layer finds it by
+that name, so adding a backend edits nothing else. Each has the same shape
+(`fashionstream.pubsub.drivers.DriverModule`):
 
-    SCHEME: str                                   # "mem", "kafka", "gcppubsub"
+    # Constants and URL grammar: importable without the backend's client library,
+    # so URL validation and help texts work in any install.
+    SCHEME: str                        # "mem", "kafka", "gcppubsub": the module's own name
+    EXTRA: str | None                  # the extra that installs the client library ("kafka"); None: none needed
+    CLOUDEVENTS_PREFIX: str            # attribute prefix of the CloudEvents binding: "ce_" (Kafka headers), "ce-"
+    BROKER_URL_FORM: str               # for help texts: "kafka://HOST:PORT[,HOST:PORT...]"
+    TOPIC_QUERY_PARAMS: frozenset[str]           # query parameters a topic URL may carry
+    SUBSCRIPTION_QUERY_PARAMS: frozenset[str]    # ... a subscription URL may carry ("group", "subscription")
+    NATIVE_ACK_DEADLINES: bool         # False (Kafka): the portable layer emulates ack deadlines
+    API_BROKER_TYPE: str               # its name in `PubSubAPI(broker_type)`: "Kafka", "GooglePubSub", "Memory"
+    def check_broker_url(url: ParsedURL) -> None                       # InvalidArgument unless a broker URL
+    def topic_url(broker: ParsedURL, topic: str) -> str
+    def subscription_url(broker: ParsedURL, topic: str, subscription: str) -> str
+    def resource_names(url: ParsedURL) -> tuple[str | None, str | None]   # (topic, subscription); checks the URL
+    def topic_reference(reference: str, url: ParsedURL) -> str          # admin: short topic name of a reference
+    def api_config(config: dict[str, Any]) -> ApiConfig                 # PubSubAPI: takes its keys out of config
+
+    # Opening: the client library is imported here, not at module level.
     def open_topic_driver(url: ParsedURL, options: dict[str, object]) -> TopicDriver
     def open_subscription_driver(url: ParsedURL, options: dict[str, object]) -> SubscriptionDriver
     def open_admin_driver(url: ParsedURL, options: dict[str, object]) -> AdminDriver
-    TOPIC_QUERY_PARAMS: frozenset[str]            # query parameters a topic URL may carry
-    SUBSCRIPTION_QUERY_PARAMS: frozenset[str]     # ... a subscription URL may carry ("group", "subscription")
-    NATIVE_ACK_DEADLINES: bool                    # False (Kafka): the portable layer emulates ack deadlines
 
-Conventions the portable layer relies on (added with the portable layer):
+A backend passes when `tests/pubsub_conformance.py` passes on it.
 
-- The portable layer checks URL query parameters against TOPIC_QUERY_PARAMS /
+Conventions the portable layer relies on:
+
+- The portable layer parses every URL with `resource_names` (which raises
+  InvalidArgument for a URL outside the driver's grammar: a bad port, a
+  missing topic) and checks its query parameters against TOPIC_QUERY_PARAMS /
   SUBSCRIPTION_QUERY_PARAMS before calling a driver, and removes its own
   portable options (batch_size, linger, max_in_flight, send_timeout,
   ack_deadline, max_outstanding, receive_batch_size, ...) from `options`;
@@ -26,7 +47,9 @@ Conventions the portable layer relies on (added with the portable layer):
   or rejects with `errors.InvalidArgument`.
 - `open_*_driver` has no driver object yet to classify errors with, so it
   raises `fashionstream.pubsub.errors` exceptions itself (NotFound,
-  InvalidArgument, Unavailable, MissingExtra) with the native error chained.
+  InvalidArgument, Unavailable), built with `errors.from_code` from its own
+  classification, with the native error chained. An ImportError of the client
+  library while opening becomes `MissingExtra` naming `EXTRA`.
 - `TopicDriver.send_batch` may be called from several threads at once
   (concurrent in-flight batches). A `SubscriptionDriver` is called from one
   thread at a time (the subscriber's worker); `close` comes after that thread ends.
@@ -43,24 +66,12 @@ Conventions the portable layer relies on (added with the portable layer):
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-
-class ErrorCode(enum.Enum):
-    """A driver's classification of one of its native errors."""
-
-    UNKNOWN = "unknown"
-    NOT_FOUND = "not_found"  # topic / subscription / group does not exist
-    ALREADY_EXISTS = "already_exists"
-    TIMEOUT = "timeout"  # deadline passed without an answer
-    UNAVAILABLE = "unavailable"  # broker unreachable or temporarily failing
-    INVALID_ARGUMENT = "invalid_argument"  # bad option, message too large, ...
-    PERMISSION_DENIED = "permission_denied"
-    CLOSED = "closed"  # the native client was already closed
+from fashionstream.pubsub.errors import ErrorCode
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,22 @@ class ParsedURL:
     host: str
     path: str
     query: Mapping[str, str]
+
+
+#: The subscription (Kafka: consumer group) `PubSubAPI.receive` uses when the config names none.
+API_DEFAULT_SUBSCRIPTION = "fashionstream"
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """What `PubSubAPI(broker_type, **config)` needs from a backend, made by its `api_config(config)`."""
+
+    broker_url: str
+    #: The subscription `receive(source)` reads topic `source` as. None: `source` names the subscription
+    #: itself, and the backend's subscription URLs do not contain the topic (Pub/Sub).
+    subscription: str | None
+    #: Default of the facade's `create_missing`: create topics and subscriptions on first use.
+    create_missing: bool = False
 
 
 @dataclass
@@ -195,3 +222,16 @@ class AdminDriver(Protocol):
     def delete_subscription(self, subscription: str) -> None: ...
 
     def close(self) -> None: ...
+
+
+__all__ = [
+    "API_DEFAULT_SUBSCRIPTION",
+    "AdminDriver",
+    "ApiConfig",
+    "ErrorCode",
+    "IncomingMessage",
+    "OutgoingMessage",
+    "ParsedURL",
+    "SubscriptionDriver",
+    "TopicDriver",
+]

@@ -26,7 +26,7 @@ class Message:
         data: the body, always bytes.
         attributes: string metadata sent with the message.
         key: the ordering key (Kafka message key / Pub/Sub ordering key), or None.
-        id: the broker-assigned id (Kafka: "partition:offset").
+        id: the broker-assigned id (Kafka: "topic/partition/offset").
         publish_time: when the broker accepted it, if the broker says.
         delivery_attempt: 1 on first delivery, higher on redelivery; None if the broker does not count.
     """

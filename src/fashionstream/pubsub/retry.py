@@ -2,8 +2,9 @@
 
 Drivers never retry; they only say whether an error is retryable and what it
 means (`ErrorCode`). This module turns that classification into one of the
-`fashionstream.pubsub.errors` exceptions, with the native error chained and a
-message that names the topic or subscription and suggests the fix.
+`fashionstream.pubsub.errors` exceptions (through the one table there), with
+the native error chained and a message that names the topic or subscription
+and suggests the fix.
 """
 
 from __future__ import annotations
@@ -14,27 +15,9 @@ from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from fashionstream.pubsub import errors
-from fashionstream.pubsub.driver import ErrorCode
+from fashionstream.pubsub.errors import ErrorCode
 
 T = TypeVar("T")
-
-_EXCEPTION_FOR_CODE: dict[ErrorCode, type[errors.PubSubError]] = {
-    ErrorCode.NOT_FOUND: errors.NotFound,
-    ErrorCode.ALREADY_EXISTS: errors.AlreadyExists,
-    ErrorCode.TIMEOUT: errors.Timeout,
-    ErrorCode.UNAVAILABLE: errors.Unavailable,
-    ErrorCode.INVALID_ARGUMENT: errors.InvalidArgument,
-    ErrorCode.PERMISSION_DENIED: errors.PermissionDenied,
-    ErrorCode.CLOSED: errors.Closed,
-    ErrorCode.UNKNOWN: errors.PubSubError,
-}
-
-_HINT_FOR_CODE: dict[ErrorCode, str] = {
-    ErrorCode.NOT_FOUND: " (create it first, e.g. with fashionstream.pubsub.admin.create_topic / create_subscription)",
-    ErrorCode.UNAVAILABLE: " (is the broker running and reachable at that address? `scripts/services status`)",
-    ErrorCode.TIMEOUT: " (the broker did not answer in time; check that it is running, or raise the timeout)",
-    ErrorCode.PERMISSION_DENIED: " (check the credentials passed as options)",
-}
 
 
 class ClassifiesErrors(Protocol):
@@ -48,10 +31,7 @@ class ClassifiesErrors(Protocol):
 def classify(driver: ClassifiesErrors, error: BaseException) -> ErrorCode:
     """The driver's code for `error`; a driver that fails to classify gets UNKNOWN, not a crash."""
     if isinstance(error, errors.PubSubError):
-        for code, cls in _EXCEPTION_FOR_CODE.items():
-            if type(error) is cls:
-                return code
-        return ErrorCode.UNKNOWN
+        return errors.code_of(error)
     try:
         return driver.error_code(error)
     except Exception:  # a buggy classifier must not hide the original error
@@ -66,12 +46,8 @@ def wrap_error(driver: ClassifiesErrors, error: BaseException, action: str) -> e
     """
     if isinstance(error, errors.PubSubError):
         return error
-    code = classify(driver, error)
-    cls = _EXCEPTION_FOR_CODE[code]
     detail = str(error) or type(error).__name__
-    wrapped = cls(f"{action} {driver.name} failed: {detail}{_HINT_FOR_CODE.get(code, '')}")
-    wrapped.__cause__ = error
-    return wrapped
+    return errors.from_code(classify(driver, error), f"{action} {driver.name} failed: {detail}", error)
 
 
 def backoff_delays(initial: float = 0.05, maximum: float = 2.0, multiplier: float = 2.0) -> Callable[[], float]:

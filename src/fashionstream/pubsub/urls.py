@@ -1,8 +1,10 @@
-"""Broker URLs: parsing, validation and redaction of secrets.
+"""Broker URLs: the syntax every scheme shares, and redaction of secrets.
 
-A URL names one topic or one subscription on one backend, e.g.
+A URL names one broker, topic or subscription on one backend, e.g.
 `kafka://127.0.0.1:9092/images?group=service`. This module splits it into a
-`ParsedURL`, rejects what no driver accepts, and produces text safe to log.
+`ParsedURL` and rejects what no driver accepts; what the parts mean is each
+driver's own grammar (`resource_names` in `drivers/<scheme>`). It also
+produces text safe to log.
 """
 
 from __future__ import annotations
@@ -38,12 +40,15 @@ def parse_url(raw: str) -> ParsedURL:
     """
     if not isinstance(raw, str):
         raise InvalidArgument(f"a broker URL must be a str, got {type(raw).__name__}")
-    parts = urlsplit(raw)
+    try:
+        parts = urlsplit(raw)
+    except ValueError as err:  # e.g. an unclosed IPv6 bracket; not echoed, as it cannot be redacted
+        raise InvalidArgument(f"not a broker URL: {err}") from None
     if not parts.scheme or "://" not in raw:
-        raise InvalidArgument(
-            f"{safe_url(raw)!r} is not a broker URL; expected e.g. 'mem://images', "
-            "'kafka://127.0.0.1:9092/images' or 'gcppubsub://projects/P/topics/images'"
-        )
+        from fashionstream.pubsub.drivers import schemes  # here, not above: the drivers package imports this one
+
+        accepted = ", ".join(f"{scheme}://" for scheme in schemes())
+        raise InvalidArgument(f"{safe_url(raw)!r} is not a broker URL; expected SCHEME://..., SCHEME one of {accepted}")
     query: dict[str, str] = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key in query:
@@ -56,6 +61,22 @@ def parse_url(raw: str) -> ParsedURL:
         path=parts.path.lstrip("/"),
         query=query,
     )
+
+
+def parse_reference(reference: str, scheme: str) -> ParsedURL | None:
+    """`reference` parsed if it is a URL, which must then be a `scheme` URL; None for a plain name."""
+    if "://" not in reference:
+        return None
+    parsed = parse_url(reference)
+    if parsed.scheme != scheme:
+        raise InvalidArgument(f"{safe_url(reference)!r} is not a {scheme}:// URL")
+    return parsed
+
+
+def check_port(port: str, raw: str) -> None:
+    """Raise InvalidArgument naming the URL `raw` unless `port` is a TCP port number, 1 to 65535."""
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise InvalidArgument(f"invalid port {port!r} in {safe_url(raw)!r}; a port is a number from 1 to 65535")
 
 
 def check_query(url: ParsedURL, accepted: Iterable[str], what: str) -> None:
@@ -80,5 +101,6 @@ def safe_url(raw: str) -> str:
     query = "&".join(
         f"{k}={REDACTED if is_secret(k) else v}" for k, v in parse_qsl(parts.query, keep_blank_values=True)
     )
-    rebuilt = f"{parts.scheme}://{netloc}{parts.path}"
+    # Text without "://" (not a URL, e.g. "localhost:9092") is shown as written, not as "localhost://9092".
+    rebuilt = f"{parts.scheme}://{netloc}{parts.path}" if "://" in raw else raw.split("?", 1)[0]
     return f"{rebuilt}?{query}" if query else rebuilt

@@ -15,8 +15,8 @@ where the portable layer can tell the difference:
 - Ordering keys: while a message with key K is outstanding, later messages
   with key K wait (like Pub/Sub ordering keys or a Kafka partition).
 
-URLs: `mem://images` (topic), `mem://images?subscription=service` (subscription
-'service' of topic 'images'; subscription names are per topic).
+URLs: `mem://` (the broker), `mem://images` (topic), `mem://images?subscription=service`
+(subscription 'service' of topic 'images'; subscription names are per topic).
 """
 
 from __future__ import annotations
@@ -28,14 +28,31 @@ import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
 
 from fashionstream.pubsub import errors
-from fashionstream.pubsub.driver import ErrorCode, IncomingMessage, OutgoingMessage, ParsedURL
+from fashionstream.pubsub.driver import (
+    API_DEFAULT_SUBSCRIPTION,
+    ApiConfig,
+    ErrorCode,
+    IncomingMessage,
+    OutgoingMessage,
+    ParsedURL,
+)
+from fashionstream.pubsub.urls import parse_reference, safe_url
 
 SCHEME = "mem"
+EXTRA: str | None = None  # no client library: always available
+CLOUDEVENTS_PREFIX = "ce-"  # messages carry string attributes like Pub/Sub's, so its binding fits
+BROKER_URL_FORM = "mem:// (embedded, this process only)"
 TOPIC_QUERY_PARAMS: frozenset[str] = frozenset()
 SUBSCRIPTION_QUERY_PARAMS: frozenset[str] = frozenset({"subscription"})
 NATIVE_ACK_DEADLINES = True
+API_BROKER_TYPE = "Memory"
+
+
+# ---------------------------------------------------------------- errors
 
 
 class MemoryBrokerError(Exception):
@@ -44,6 +61,85 @@ class MemoryBrokerError(Exception):
     def __init__(self, message: str, code: ErrorCode) -> None:
         super().__init__(message)
         self.code = code
+
+
+def classify(error: BaseException) -> ErrorCode:
+    """The portable meaning of a native error raised by this driver."""
+    return error.code if isinstance(error, MemoryBrokerError) else ErrorCode.UNKNOWN
+
+
+def retryable(error: BaseException) -> bool:
+    """Never: nothing in an in-process broker gets better by waiting."""
+    return False
+
+
+# ---------------------------------------------------------------- URLs
+
+
+def check_broker_url(url: ParsedURL) -> None:
+    """The one mem broker is `mem://`: a URL naming a topic is not a broker URL."""
+    if url.host or url.path:
+        raise errors.InvalidArgument(
+            f"{safe_url(url.raw)!r} is not a broker URL: it names a topic; the embedded broker is just mem://"
+        )
+
+
+def topic_url(broker: ParsedURL, topic: str) -> str:
+    return f"mem://{topic}"
+
+
+def subscription_url(broker: ParsedURL, topic: str, subscription: str) -> str:
+    return f"mem://{topic}?{urlencode({'subscription': subscription})}"
+
+
+def resource_names(url: ParsedURL) -> tuple[str | None, str | None]:
+    """(topic, subscription) of `mem://TOPIC?subscription=NAME`; either may be missing."""
+    if url.path:
+        raise errors.InvalidArgument(
+            f"{safe_url(url.raw)!r} is not a mem URL; expected mem://TOPIC or mem://TOPIC?subscription=NAME"
+        )
+    return url.host or None, url.query.get("subscription") or None
+
+
+def topic_reference(reference: str, url: ParsedURL) -> str:
+    """The topic named by `reference`: a topic name or a mem:// topic URL."""
+    parsed = parse_reference(reference, SCHEME)
+    if parsed is None:
+        return reference
+    topic = resource_names(parsed)[0]
+    if topic is None:
+        raise errors.InvalidArgument(f"{safe_url(reference)!r} names no topic")
+    return topic
+
+
+def api_config(config: dict[str, Any]) -> ApiConfig:
+    """`PubSubAPI("Memory", subscription=...)`: receive(topic) reads it as `subscription`.
+
+    Topics and subscriptions are created on first use by default: an embedded
+    broker starts empty every time, so there is nothing to create beforehand.
+    """
+    subscription = str(config.pop("subscription", API_DEFAULT_SUBSCRIPTION))
+    return ApiConfig("mem://", subscription, create_missing=True)
+
+
+def _topic_name(url: ParsedURL) -> str:
+    topic = resource_names(url)[0]
+    if topic is None:
+        raise errors.InvalidArgument(
+            f"{safe_url(url.raw)!r} names no topic; expected mem://TOPIC or mem://TOPIC?subscription=NAME"
+        )
+    return topic
+
+
+def _reject_options(options: dict[str, object]) -> None:
+    if options:
+        raise errors.InvalidArgument(
+            f"unknown option(s) {', '.join(sorted(options))} for mem://: the in-memory backend takes only the "
+            "portable options, no native ones"
+        )
+
+
+# ---------------------------------------------------------------- broker
 
 
 @dataclass(frozen=True)
@@ -298,18 +394,12 @@ class MemoryBroker:
 BROKER = MemoryBroker()
 
 
-# -- drivers -------------------------------------------------------------------------------------
+# ---------------------------------------------------------------- topic
 
 
-def _is_retryable(error: BaseException) -> bool:
-    return False  # nothing in an in-process broker gets better by waiting
+class MemoryTopicDriver:
+    """Publishes batches to one topic of the process-global broker."""
 
-
-def _error_code(error: BaseException) -> ErrorCode:
-    return error.code if isinstance(error, MemoryBrokerError) else ErrorCode.UNKNOWN
-
-
-class MemoryTopic:
     def __init__(self, topic: str) -> None:
         self.topic = topic
         self.name = f"mem topic {topic!r}"
@@ -317,14 +407,22 @@ class MemoryTopic:
     def send_batch(self, messages: Sequence[OutgoingMessage], timeout: float) -> list[str]:
         return BROKER.publish(self.topic, messages)
 
-    is_retryable = staticmethod(_is_retryable)
-    error_code = staticmethod(_error_code)
+    def is_retryable(self, error: BaseException) -> bool:
+        return retryable(error)
+
+    def error_code(self, error: BaseException) -> ErrorCode:
+        return classify(error)
 
     def close(self) -> None:
         pass
 
 
-class MemorySubscription:
+# ---------------------------------------------------------------- subscription
+
+
+class MemorySubscriptionDriver:
+    """Receives from one subscription of the process-global broker, as one consumer."""
+
     def __init__(self, topic: str, subscription: str) -> None:
         self.topic = topic
         self.subscription = subscription
@@ -343,16 +441,24 @@ class MemorySubscription:
     def send_nacks(self, ack_ids: Sequence[Hashable]) -> None:
         BROKER.nack(self.topic, self.subscription, ack_ids)
 
-    is_retryable = staticmethod(_is_retryable)
-    error_code = staticmethod(_error_code)
+    def is_retryable(self, error: BaseException) -> bool:
+        return retryable(error)
+
+    def error_code(self, error: BaseException) -> ErrorCode:
+        return classify(error)
 
     def close(self) -> None:
         BROKER.release_consumer(self.topic, self.subscription, self._consumer)
 
 
-class MemoryAdmin:
+# ---------------------------------------------------------------- admin
+
+
+class MemoryAdminDriver:
+    """Creates and deletes topics and subscriptions; subscriptions belong to the admin URL's topic."""
+
     def __init__(self, topic: str) -> None:
-        self.topic = topic  # the topic of the admin URL: subscriptions are per topic
+        self.topic = topic
         self.name = f"mem topic {topic!r}"
 
     def create_topic(self, topic: str, *, partitions: int = 1, replication_factor: int = 1) -> bool:
@@ -381,53 +487,71 @@ class MemoryAdmin:
     def delete_subscription(self, subscription: str) -> None:
         BROKER.delete_subscription(self.topic, subscription)
 
-    is_retryable = staticmethod(_is_retryable)
-    error_code = staticmethod(_error_code)
+    def is_retryable(self, error: BaseException) -> bool:
+        return retryable(error)
+
+    def error_code(self, error: BaseException) -> ErrorCode:
+        return classify(error)
 
     def close(self) -> None:
         pass
 
 
-def _topic_name(url: ParsedURL) -> str:
-    if not url.host or url.path:
-        raise errors.InvalidArgument(
-            f"{url.raw!r} is not a mem URL; expected mem://TOPIC or mem://TOPIC?subscription=NAME"
-        )
-    return url.host
+# ---------------------------------------------------------------- module shape
 
 
-def _reject_options(options: dict[str, object]) -> None:
-    if options:
-        raise errors.InvalidArgument(
-            f"unknown option(s) {', '.join(sorted(options))} for mem://: the in-memory backend has no native "
-            "options (portable options are listed in docs/pubsub.md)"
-        )
-
-
-def open_topic_driver(url: ParsedURL, options: dict[str, object]) -> MemoryTopic:
+def open_topic_driver(url: ParsedURL, options: dict[str, object]) -> MemoryTopicDriver:
     _reject_options(options)
     topic = _topic_name(url)
     if not BROKER.exists(topic):
-        raise errors.NotFound(
-            f"mem topic {topic!r} does not exist; create it with fashionstream.pubsub.admin.create_topic({url.raw!r})"
-        )
-    return MemoryTopic(topic)
+        raise errors.from_code(ErrorCode.NOT_FOUND, f"mem topic {topic!r} does not exist")
+    return MemoryTopicDriver(topic)
 
 
-def open_subscription_driver(url: ParsedURL, options: dict[str, object]) -> MemorySubscription:
+def open_subscription_driver(url: ParsedURL, options: dict[str, object]) -> MemorySubscriptionDriver:
     _reject_options(options)
     topic = _topic_name(url)
     subscription = url.query.get("subscription")
     if not subscription:
-        raise errors.InvalidArgument(f"{url.raw!r} names no subscription; use mem://{topic}?subscription=NAME")
-    if not BROKER.exists(topic, subscription):
-        raise errors.NotFound(
-            f"mem subscription {subscription!r} on topic {topic!r} does not exist; create it with "
-            f"fashionstream.pubsub.admin.create_subscription({url.raw!r})"
+        raise errors.InvalidArgument(
+            f"{safe_url(url.raw)!r} names no subscription; use mem://{topic}?subscription=NAME"
         )
-    return MemorySubscription(topic, subscription)
+    if not BROKER.exists(topic, subscription):
+        raise errors.from_code(
+            ErrorCode.NOT_FOUND, f"mem subscription {subscription!r} on topic {topic!r} does not exist"
+        )
+    return MemorySubscriptionDriver(topic, subscription)
 
 
-def open_admin_driver(url: ParsedURL, options: dict[str, object]) -> MemoryAdmin:
+def open_admin_driver(url: ParsedURL, options: dict[str, object]) -> MemoryAdminDriver:
     _reject_options(options)
-    return MemoryAdmin(_topic_name(url))
+    return MemoryAdminDriver(_topic_name(url))
+
+
+__all__ = [
+    "API_BROKER_TYPE",
+    "BROKER",
+    "BROKER_URL_FORM",
+    "CLOUDEVENTS_PREFIX",
+    "EXTRA",
+    "NATIVE_ACK_DEADLINES",
+    "SCHEME",
+    "SUBSCRIPTION_QUERY_PARAMS",
+    "TOPIC_QUERY_PARAMS",
+    "MemoryAdminDriver",
+    "MemoryBroker",
+    "MemoryBrokerError",
+    "MemorySubscriptionDriver",
+    "MemoryTopicDriver",
+    "api_config",
+    "check_broker_url",
+    "classify",
+    "open_admin_driver",
+    "open_subscription_driver",
+    "open_topic_driver",
+    "resource_names",
+    "retryable",
+    "subscription_url",
+    "topic_reference",
+    "topic_url",
+]

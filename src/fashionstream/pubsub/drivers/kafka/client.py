@@ -1,0 +1,138 @@
+"""What every Kafka client of this driver shares: configuration, logging, and the check that a topic exists."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+
+from fashionstream.pubsub import errors
+from fashionstream.pubsub.driver import ParsedURL
+from fashionstream.pubsub.drivers.kafka import bootstrap_servers
+from fashionstream.pubsub.drivers.kafka.errors import CONNECTION, NOT_FOUND, classify
+from fashionstream.pubsub.errors import ErrorCode
+from fashionstream.pubsub.urls import is_secret, safe_url
+
+#: How long opening a topic or subscription waits for the broker's metadata before giving up. A
+#: reachable broker answers in milliseconds; a wrong address must be reported within 10 s of a
+#: command's start, process start-up included.
+METADATA_TIMEOUT_S = 8.0
+#: Largest message the clients accept; the topics created by `create_topic` allow the same.
+MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+
+_log = logging.getLogger(__package__ or __name__)
+_librdkafka_log = logging.getLogger(f"{__package__}.librdkafka")
+
+# Options the driver sets itself from the URL.
+_FROM_URL = frozenset({"bootstrap.servers", "group.id"})
+
+
+class ClientLog:
+    """Where one client's librdkafka log lines and error events go: Python logging, without the flood.
+
+    While no broker answers, librdkafka retries the connection about twenty times a second and
+    reports every failed attempt twice, as a log line and as an error event: opening a topic at a
+    wrong address used to print hundreds of lines before the one error that explains them. So
+    connection failures go to DEBUG while the client is being opened (the open then fails with
+    Unavailable naming the address), and afterwards each kind of error is logged as a WARNING at
+    most once a minute, the repeats at DEBUG. Callbacks may run on any thread that polls the client.
+    """
+
+    #: Seconds between two WARNINGs about the same kind of error.
+    REPEAT_WARNING_S = 60.0
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        #: Set once the client is open: connection failures are then news, not the reason the open fails.
+        self.opened = False
+        self._warned: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def log(self, level: int, fmt: str, *args: object) -> None:
+        """librdkafka's log lines (confluent-kafka's `logger` interface: fmt "%s [%s] %s", facility first)."""
+        if args and args[0] == "FAIL":  # a broker connection failed: also reported to `error`, once counted
+            level = logging.DEBUG
+        _librdkafka_log.log(level, fmt, *args)
+
+    def error(self, err: KafkaError) -> None:
+        """librdkafka's error events (`error_cb`), and transient errors a consumer returns."""
+        code = err.code()
+        if not self.opened and code in CONNECTION:
+            _log.debug("%s: %s", self.what, err)
+            return
+        now = time.monotonic()
+        with self._lock:
+            due = now - self._warned.get(code, -self.REPEAT_WARNING_S) >= self.REPEAT_WARNING_S
+            if due:
+                self._warned[code] = now
+        # Transport errors are retried by librdkafka itself; they explain a later timeout.
+        _log.log(logging.WARNING if due else logging.DEBUG, "%s: %s", self.what, err)
+
+
+def scrub(text: str, options: Mapping[str, object]) -> str:
+    """`text` with the values of secret options blanked, for librdkafka messages that quote config values."""
+    for key, value in options.items():
+        if is_secret(key) and isinstance(value, str) and value:
+            text = text.replace(value, "***")
+    return text
+
+
+def portable(error: BaseException, message: str, options: Mapping[str, object] | None = None) -> errors.PubSubError:
+    """A `fashionstream.pubsub.errors` exception for `error`, used where no driver object classifies it yet."""
+    return errors.from_code(classify(error), f"{message}: {scrub(str(error), options or {})}", error)
+
+
+def client_config(
+    url: ParsedURL, options: Mapping[str, object], defaults: Mapping[str, object], log: ClientLog
+) -> dict[str, Any]:
+    """Defaults, then the caller's native options, with the broker address from the URL."""
+    clashes = sorted(_FROM_URL & set(options))
+    if clashes:
+        raise errors.InvalidArgument(
+            f"option(s) {', '.join(clashes)} come from the URL ({safe_url(url.raw)!r}: broker address and "
+            "?group=); remove them from the options"
+        )
+    for key in options:
+        if not isinstance(key, str):
+            raise errors.InvalidArgument(f"Kafka option names must be strings, got {key!r}")
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap_servers(url), **defaults, **options}
+    # librdkafka logs through Python logging instead of writing to stderr.
+    config.setdefault("logger", log)
+    config.setdefault("error_cb", log.error)
+    return config
+
+
+def make_client(factory: Callable[[dict[str, Any]], Any], config: dict[str, Any], what: str) -> Any:
+    try:
+        return factory(config)
+    except (KafkaException, ValueError, TypeError) as err:
+        # Messages quote the offending property, possibly with its value: scrub secrets.
+        raise errors.InvalidArgument(f"invalid Kafka option for {what}: {scrub(str(err), config)}") from err
+
+
+def check_topic(client: Any, topic: str, address: str, what: str, timeout: float | None = None) -> int:
+    """Raise NotFound / Unavailable unless `topic` exists; return its partition count.
+
+    Without this a missing topic would only show up as a delivery failure after librdkafka's
+    metadata propagation wait (30 s), and an unreachable broker as silence.
+    """
+    timeout = METADATA_TIMEOUT_S if timeout is None else timeout  # read at call time: tests lower it
+    try:
+        metadata = client.list_topics(topic=topic, timeout=timeout)
+    except KafkaException as err:
+        raise errors.from_code(
+            ErrorCode.UNAVAILABLE, f"{what}: no answer from Kafka at {address} within {timeout:.0f} s ({err})", err
+        ) from err
+    info = metadata.topics.get(topic)
+    if info is None or info.error is not None:
+        native = KafkaException(info.error) if info is not None and info.error is not None else None
+        if native is None or native.args[0].code() in NOT_FOUND:
+            raise errors.from_code(
+                ErrorCode.NOT_FOUND, f"{what}: topic {topic!r} does not exist on {address}", native
+            ) from native
+        raise portable(native, f"{what}: metadata for topic {topic!r} at {address}")
+    return len(info.partitions)
