@@ -7,12 +7,13 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v p
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint services-start services-stop services-status clean help
+.PHONY: demo test lint gpu-prepare gpu-smoke services-start services-stop services-status clean help
 
 help:
 	@echo "make demo    set up and run the demo (embedded broker, shipped model)"
 	@echo "make test    set up, start Kafka + Pub/Sub emulator if not running, run all tests, stop what was started"
 	@echo "make lint    ruff + mypy only"
+	@echo "make gpu-prepare, make gpu-smoke   stage and CPU-check the GPU training runs (bench/gpu_runs.sh)"
 
 # Serving needs no torch: the demo environment installs only what serving needs.
 $(BIN)/.serve-installed: pyproject.toml
@@ -37,6 +38,12 @@ lint: $(BIN)/.all-installed
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+
+# The GPU training runs (docs/benchmarks.md): stage wheels and data into .gpu/, then run it all for 3 steps on the CPU.
+gpu-prepare: $(BIN)/.all-installed
+	bench/gpu_runs.sh prepare
+gpu-smoke: $(BIN)/.all-installed
+	bench/gpu_runs.sh smoke
 
 services-start:
 	scripts/services start

@@ -2,11 +2,13 @@
 
     python bench/predictor.py                          # the shipped model, 2 threads each
     python bench/predictor.py --model models/fashion-cnn.onnx --seconds 5 --threads 2
+    python bench/predictor.py --seconds 0.3 --output /tmp/predictor.json   # a quick check, results kept
 
 Both paths start from uint8 (N, 28, 28) test images and include normalisation and softmax, so
 the numbers compare the runtimes and not the pre-processing. The torch model is the plain
-`nn.Module` rebuilt from the card's architecture with the weights of the exported TorchScript
-file (bit-identical to the ONNX file's). Writes bench/results/predictor.json and prints a table.
+`nn.Module` rebuilt from the card's architecture (`build_classifier`) with the weights of the exported
+TorchScript file (bit-identical to the ONNX file's). Writes bench/results/predictor.json (or `--output`)
+and prints a table.
 Expect a few thousand images/s at batch 256 for the ~28 M MAC FashionCNN on 2 cores; numbers move
 with other load on the machine, so the JSON records the load average.
 """
@@ -15,31 +17,34 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fashionstream.classifier.card import ModelCard
+from fashionstream.classifier.export import FlipTTA
 from fashionstream.classifier.fashion_mnist_files import load_split
+from fashionstream.classifier.module import build_classifier
 from fashionstream.classifier.predictor import Predictor, resolve_model_files
+from fashionstream.machine import describe_machine
 
 RESULTS = Path(__file__).resolve().parent / "results" / "predictor.json"
 
 
-def torch_eager(card: dict, onnx_path: Path) -> torch.nn.Module:
+def torch_eager(card: ModelCard, onnx_path: Path) -> torch.nn.Module:
     """The card's net class with the TorchScript file's weights, in eager mode."""
-    import importlib
-
-    module_name, _, class_name = card["architecture"]["class_path"].rpartition(".")
-    lit_class = getattr(importlib.import_module(module_name), class_name)
-    hparams = card["training"]["hyper_parameters"]
-    net = lit_class(**hparams).net.eval()
-    scripted = torch.jit.load(str(onnx_path.parent / card["torchscript_file"]))
-    net.load_state_dict(scripted.state_dict())
-    return net
+    if card.torchscript_file is None:
+        raise SystemExit(f"{card.name} was exported without TorchScript (--torchscript false): no torch weights")
+    net = build_classifier(card.architecture.class_path, card.training.hyper_parameters).net
+    exported = FlipTTA(net) if card.tta_flip_baked_in else net  # the same module tree as the traced file
+    with warnings.catch_warnings():  # torch marks torch.jit deprecated; the file is what export writes
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.load(str(onnx_path.parent / card.torchscript_file))
+    exported.load_state_dict(scripted.state_dict())
+    return exported.eval()
 
 
 def rate(run, batch: np.ndarray, seconds: float) -> float:  # type: ignore[no-untyped-def]
@@ -56,28 +61,19 @@ def rate(run, batch: np.ndarray, seconds: float) -> float:  # type: ignore[no-un
     return best
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help=".onnx or .card.json (default: shipped)")
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per cell")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=RESULTS, help="result JSON (default: %(default)s)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     predictor = Predictor.load(args.model, threads=args.threads)
     onnx_path, _ = resolve_model_files(args.model)
     net = torch_eager(predictor.card, onnx_path)
-    mean, std = predictor.card["input"]["mean"], predictor.card["input"]["std"]
+    mean, std = predictor.card.input.mean, predictor.card.input.std
     images, _ = load_split("test")
 
     def run_torch(batch: np.ndarray) -> np.ndarray:
@@ -98,20 +94,15 @@ def main() -> None:
         print(f"batch {batch_size:4d}: onnxruntime {ort_rate:9.0f} img/s   torch eager {torch_rate:9.0f} img/s")
     result = {
         "model": predictor.model_id,
-        "macs": predictor.card.get("macs"),
+        "macs": predictor.card.macs,
         "threads": args.threads,
-        "machine": {
-            "cpu": cpu_name(),
-            "cores": os.cpu_count(),
-            "load_average_1m_at_end": round(os.getloadavg()[0], 2),
-        },  # fmt: skip
-        "versions": {"onnxruntime": __import__("onnxruntime").__version__, "torch": torch.__version__},
+        "machine": describe_machine("onnxruntime", "torch"),  # taken at the end: the load while measuring
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "results": rows,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

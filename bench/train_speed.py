@@ -60,18 +60,17 @@ def summarise(run_dir: Path) -> dict:
 
 def summary_of_older_run(run_dir: Path, series: dict[str, list[tuple[int, float]]]) -> dict:
     """Runs trained before `run_summary.json` existed: rebuild it from config.yaml, metrics.csv and the net."""
-    import importlib
     import os
     import platform
 
     import yaml
 
+    from fashionstream.classifier.module import build_classifier
     from fashionstream.classifier.nets import count_macs, count_params
-    from fashionstream.classifier.train import cpu_name
+    from fashionstream.machine import cpu_name
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    module_name, class_name = config["model"]["class_path"].rsplit(".", 1)
-    net = getattr(importlib.import_module(module_name), class_name)(**config["model"]["init_args"]).net
+    net = build_classifier(config["model"]["class_path"], config["model"]["init_args"]).net
     tests = {k: v[-1][1] for k, v in series.items() if k.startswith("test/")}
     elapsed = series.get("time/elapsed_s", [])
     return {
@@ -85,6 +84,7 @@ def summary_of_older_run(run_dir: Path, series: dict[str, list[tuple[int, float]
         "epochs_run": len(elapsed),
         "batch_size": config["data"]["init_args"].get("batch_size"),
         "precision": config["trainer"].get("precision"),
+        # This machine, taken to be the one that trained the run; not its load or versions, which are today's.
         "machine": {
             "host": platform.node(),
             "cpu": cpu_name(),
@@ -184,7 +184,7 @@ def plot_time(runs: list[dict], out: Path) -> None:
                     label=f"{label}, ★ = test, no validation set")  # fmt: skip
     ax.axhline(0.94, color="grey", linestyle="--", linewidth=0.8)
     ax.axvline(10, color="grey", linestyle=":", linewidth=0.8)
-    # Log time axis: 10-minute CPU recipes and hour-long runs (and, later, seconds-long GPU runs) in one view.
+    # Log time axis: 10-minute CPU recipes and hour-long runs (and seconds-long GPU runs) in one view.
     ax.set_xscale("log")
     ticks = [t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100) if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
@@ -205,10 +205,10 @@ def plot_macs(runs: list[dict], groups: list[dict], out: Path) -> None:
     ax.scatter([r["macs"] / 1e6 for r in tested], [r["test_acc"] for r in tested], s=14, color="tab:blue",
                alpha=0.6, label="one run (no TTA)")  # fmt: skip
     measured = [g for g in groups if g["test_acc_mean"] is not None]
-    three_seeds = [g for g in measured if len(g["seeds"]) >= 3]  # the issue's targets are means of 3+ seeds
+    three_seeds = [g for g in measured if len(g["seeds"]) >= 3]  # an accuracy target is met by a mean over 3+ seeds
 
     # A frontier: the recipes that no other recipe beats by being at least as cheap and more accurate. Only
-    # frontier recipes are labelled (the table lists every recipe); all labels crowded at 23.8 M before.
+    # frontier recipes are labelled (the table lists every recipe): labels for all of them crowd at 23.8 M.
     def frontier(pool: list[dict]) -> list[dict]:
         return [g for g in pool if not any(o["macs"] <= g["macs"] and o["test_acc_mean"] > g["test_acc_mean"]
                                            for o in pool)]  # fmt: skip

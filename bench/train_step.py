@@ -8,14 +8,13 @@ on a random (B, 1, 28, 28) channels-last batch, as `fashionstream train` does on
 turns in rounds (warm-up steps, then a timed window per net per round), so drift in a shared machine's
 speed hits all of them alike; the median window is reported. Writes bench/results/train_step.json and,
 with --update-docs, the table in docs/benchmarks.md. This measures speed only; accuracy needs real runs.
+A quick check that leaves the results alone: `--widths 0,8,8,16 --rounds 1 --steps 1 --output /tmp/step.json`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from docs_markers import replace_between_markers  # noqa: E402  (bench/ is the script's folder)
 from fashionstream.classifier import nets  # noqa: E402
+from fashionstream.machine import describe_machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "train_step.json"
@@ -117,11 +117,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     parser.add_argument("--update-docs", action="store_true", help=f"rewrite the table in {DOCS.relative_to(ROOT)}")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="result JSON (default: %(default)s)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = time_steps(args.widths, args.batch, args.rounds, args.steps, bf16=not args.fp32)
-    from fashionstream.classifier.train import cpu_name
-
     report = {
         "command": " ".join(["python bench/train_step.py", *argv]),
         "date": time.strftime("%Y-%m-%d"),
@@ -129,18 +128,11 @@ def main(argv: list[str]) -> None:
         "bf16": not args.fp32,
         "rounds": args.rounds,
         "steps": args.steps,
-        "machine": {
-            "cpu": cpu_name(),
-            "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "host": platform.node(),
-            "load_average": os.getloadavg()[0],
-        },
+        "machine": {**describe_machine("torch"), "torch_threads": torch.get_num_threads()},
         "results": results,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
     table = markdown_table(report)
     print(table)
     if args.update_docs:

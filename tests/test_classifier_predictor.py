@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -14,8 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fashionstream.classifier.card import ModelCard
 from fashionstream.classifier.fashion_mnist_files import CLASS_NAMES, load_split
 from fashionstream.classifier.predictor import InvalidImageError, ModelNotFoundError, Prediction, Predictor
+from fashionstream.reasons import InvalidInput, Reason
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +55,7 @@ def test_accuracy_on_1000_real_images_agrees_with_the_card(
     # Every 10th image: 1,000 images spread over the whole test set (100 per class).
     predictions = predictor.predict_pixels(images[::10])
     accuracy = float(np.mean([p.label for p in predictions] == labels[::10]))
-    card_accuracy = predictor.card["test"]["accuracy"]
+    card_accuracy = predictor.card.test.accuracy
     assert abs(accuracy - card_accuracy) <= 0.015, (accuracy, card_accuracy)
     assert card_accuracy >= 0.94
 
@@ -104,6 +107,16 @@ def test_bad_input_raises_invalid_image_error(predictor: Predictor, make, reason
     assert err.value.reason == reason and err.value.detail
 
 
+def test_invalid_image_error_is_an_invalid_input_with_a_reason(predictor: Predictor) -> None:
+    # The pipeline catches InvalidInput and dead-letters its Reason unchanged: the classifier must raise one.
+    with pytest.raises(InvalidInput) as err:
+        predictor.predict(b"")
+    assert isinstance(err.value, InvalidImageError) and isinstance(err.value, ValueError)
+    assert err.value.reason is Reason.EMPTY and str(err.value) == f"empty: {err.value.detail}"
+    with pytest.raises(ValueError):  # only reasons of the one list exist
+        InvalidImageError("no_such_reason", "detail")  # type: ignore[arg-type]
+
+
 def test_huge_image_is_refused_from_its_header_without_decoding(predictor: Predictor) -> None:
     buf = io.BytesIO()
     Image.new("1", (20_000, 20_000)).save(buf, format="PNG")  # 400 M pixels, a few hundred kB compressed
@@ -122,7 +135,7 @@ def test_huge_image_is_refused_from_its_header_without_decoding(predictor: Predi
 
 def test_card_or_onnx_path_and_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shipped = Predictor.load()
-    onnx_path = Path(shipped.card["onnx_file"])
+    onnx_path = Path(shipped.card.onnx_file)
     models = Path(__file__).resolve().parents[1] / "models"
     for name in (onnx_path.name, onnx_path.name.replace(".onnx", ".card.json")):
         shutil.copy(models / name, tmp_path / name)
@@ -131,9 +144,8 @@ def test_card_or_onnx_path_and_environment_variable(tmp_path: Path, monkeypatch:
     monkeypatch.setenv("FASHIONSTREAM_MODEL", str(tmp_path / onnx_path.name))
     assert Predictor.load().model_id == shipped.model_id
     # A card that does not belong to the model file is refused.
-    card = json.loads((tmp_path / onnx_path.name.replace(".onnx", ".card.json")).read_text())
-    card["model_sha256"] = "0" * 64
-    (tmp_path / onnx_path.name.replace(".onnx", ".card.json")).write_text(json.dumps(card))
+    card_path = tmp_path / onnx_path.name.replace(".onnx", ".card.json")
+    dataclasses.replace(ModelCard.read(card_path), model_sha256="0" * 64).write(card_path)
     with pytest.raises(ValueError, match="does not match its card"):
         Predictor.load(tmp_path / onnx_path.name)
     with pytest.raises(ModelNotFoundError):
@@ -147,8 +159,8 @@ def test_evaluate_json_reports_accuracy_macs_and_params(capsys: pytest.CaptureFi
     result = json.loads(capsys.readouterr().out)
     card = Predictor.load().card
     assert result["n"] == 10000 and len(result["per_class"]) == 10
-    assert abs(result["accuracy"] - card["test"]["accuracy"]) < 0.002  # same model, same data, same runtime
-    assert result["macs"] == card["macs"] and result["params"] == card["params"] and result["images_per_s"] > 0
+    assert abs(result["accuracy"] - card.test.accuracy) < 0.002  # same model, same data, same runtime
+    assert result["macs"] == card.macs and result["params"] == card.params and result["images_per_s"] > 0
     assert result["model"] == Predictor.load().model_id
 
 

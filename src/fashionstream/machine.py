@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,12 @@ def describe_machine(*packages: str) -> dict[str, Any]:
         "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
     for package in packages:
+        # A module already imported knows the build that ran (torch says "2.15.0+cu132", its
+        # distribution only "2.15.0"); otherwise the installed distribution's version.
+        running = getattr(sys.modules.get(package.replace("-", "_")), "__version__", None)
+        if isinstance(running, str):
+            info[package] = running
+            continue
         with contextlib.suppress(PackageNotFoundError):
             info[package] = version(package)
     return info

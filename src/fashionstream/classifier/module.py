@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -159,6 +160,25 @@ class ImageClassifier(L.LightningModule):
         reports.write_test_reports(Path(self.trainer.log_dir), preds, labels, class_names)
 
 
+def build_classifier(class_path: str, init_args: Mapping[str, Any]) -> ImageClassifier:
+    """The `ImageClassifier` subclass named by a LightningCLI `class_path`, built from its init arguments.
+
+    Checkpoints, a run's config.yaml and model cards record the trained class this way; jsonargparse, the
+    resolver LightningCLI itself uses, turns the record back into a module, checks that it is an
+    `ImageClassifier` and that every argument is one the class takes. The net's weights are fresh.
+    """
+    from jsonargparse import ArgumentError, ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(ImageClassifier, "model", required=True)
+    try:
+        config = parser.parse_object({"model": {"class_path": class_path, "init_args": dict(init_args)}})
+    except ArgumentError as exc:
+        raise ValueError(f"cannot build a classifier from class_path {class_path!r}: {exc}") from exc
+    module: ImageClassifier = parser.instantiate(config).model
+    return module
+
+
 class FashionCNN(ImageClassifier):
     """The cheap-serving net (about 28 M MACs, 0.34 M params with the default widths)."""
 
@@ -201,7 +221,7 @@ class PatchCNN(ImageClassifier):
 
 
 class ResNet(ImageClassifier):
-    """The first version's ResNet-18 layout (about 456 M MACs, 11.2 M params with width 64)."""
+    """A ResNet-18 layout (about 456 M MACs, 11.2 M params with width 64); smaller with `width` and `blocks`."""
 
     def __init__(self, width: int = 64, blocks: tuple[int, ...] = (2, 2, 2, 2), **kwargs) -> None:
         """

@@ -5,10 +5,13 @@ Lightning wrapper (`module.py`) adds the loss, schedule and EMA, and export need
 
     python -m fashionstream.classifier.nets       # prints params and MACs of every model
 
-- `ResNet`: the seed's choice, a ResNet-18-shaped net (BasicBlocks [2, 2, 2, 2]) adapted to 28×28
-  greyscale: a 3×3 stride-1 stem and no max-pool. Accurate but ~0.5 G MACs per image.
+- `ResNet`: a ResNet-18-shaped net (BasicBlocks [2, 2, 2, 2]) adapted to 28×28 greyscale: a 3×3
+  stride-1 stem and no max-pool. Accurate but ~0.5 G MACs per image at width 64; width 16 with
+  blocks [2, 3, 3] is the ResNet-20-like candidate for long GPU training (27.4 M MACs).
 - `FashionCNN`: designed for cheap serving (≤ 30 M MACs): full resolution only for two thin
   convolutions, then residual stages at 14×14 and 7×7 where channels are cheap.
+- `PatchCNN`: FashionCNN's later stages behind a space-to-depth stem, nothing at 28×28: the fastest
+  to train on a CPU.
 """
 
 from __future__ import annotations
@@ -145,7 +148,7 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """ResNet-18 layout for 28×28 greyscale (the first version's model, re-implemented).
+    """ResNet-18 layout for 28×28 greyscale: a stride-1 3×3 stem, no max-pool.
 
     (B,1,28,28) -stem-> (B,w,28,28) -stage1-> (B,w,28,28) -stage2-> (B,2w,14,14) -stage3-> (B,4w,7,7)
     -stage4-> (B,8w,4,4) -mean-> (B,8w) -linear-> (B,10)

@@ -17,16 +17,16 @@ Inputs and how they are converted to the model's 28×28 grey pixels (`to_pixels`
 - the model was trained on Fashion-MNIST: a light garment on a black background. A photo of a dark
   item on white should be inverted by the caller (`255 - pixels`).
 
-Bad input raises `InvalidImageError` with a machine-readable `reason` ("empty", "not_an_image",
-"truncated", "too_large", "bad_shape"). Image dimensions are checked from the header *before*
-any pixel is decoded, so a 20,000×20,000 PNG is refused in microseconds without using memory.
+Bad input raises `InvalidImageError`, a `fashionstream.reasons.InvalidInput` whose `reason` is a
+`Reason` (EMPTY, NOT_AN_IMAGE, TRUNCATED, TOO_LARGE or BAD_SHAPE), so the model service dead-letters it
+with that reason unchanged. Image dimensions are checked from the header *before* any pixel is
+decoded, so a 20,000×20,000 PNG is refused in microseconds without using memory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -37,21 +37,17 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from fashionstream.classifier.card import ModelCard, ModelCardError
+from fashionstream.reasons import InvalidInput, Reason
+
 DEFAULT_MODEL_NAME = "fashion-cnn"
 MAX_SIDE = 4096  # pixels per side an input image may have
 MAX_PIXELS = 16 * 1024 * 1024  # and in total (a 4096×4096 image is exactly this)
 _CHUNK = 1024  # images per ONNX Runtime call: bounds memory for huge batches
 
 
-class InvalidImageError(ValueError):
-    """An input that cannot be turned into a 28×28 grey image; `reason` is machine-readable."""
-
-    REASONS = ("empty", "not_an_image", "truncated", "too_large", "bad_shape")
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+class InvalidImageError(InvalidInput):
+    """An input that cannot be turned into a 28×28 grey image; `reason` is a `Reason`, `detail` says why."""
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -60,6 +56,8 @@ class ModelNotFoundError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class Prediction:
+    """One image's class: the package's prediction type, from the Predictor to the pipeline's messages."""
+
     label: int
     class_name: str
     confidence: float
@@ -92,8 +90,7 @@ def resolve_model_files(path: str | Path | None) -> tuple[Path, Path]:
         card_path = path
         if not card_path.is_file():
             raise ModelNotFoundError(f"model card {card_path} does not exist")
-        card = json.loads(card_path.read_text())
-        onnx_path = card_path.parent / card.get("onnx_file", card_path.name.replace(".card.json", ".onnx"))
+        onnx_path = card_path.parent / ModelCard.read(card_path).onnx_file
     else:
         onnx_path = path
         card_path = path.with_name(path.name.removesuffix(".onnx") + ".card.json")
@@ -109,34 +106,36 @@ def resolve_model_files(path: str | Path | None) -> tuple[Path, Path]:
 
 def _check_size(width: int, height: int) -> None:
     if width <= 0 or height <= 0:
-        raise InvalidImageError("bad_shape", f"image is {width}×{height} pixels")
+        raise InvalidImageError(Reason.BAD_SHAPE, f"image is {width}×{height} pixels")
     if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
         raise InvalidImageError(
-            "too_large", f"image is {width}×{height} pixels; at most {MAX_SIDE} per side and {MAX_PIXELS:,d} in total"
+            Reason.TOO_LARGE,
+            f"image is {width}×{height} pixels; at most {MAX_SIDE} per side and {MAX_PIXELS:,d} in total",
         )
 
 
 def _open_image(data: bytes) -> Image.Image:
     """Decode image bytes, checking the header's dimensions before decoding pixels."""
     if not data:
-        raise InvalidImageError("empty", "no bytes")
+        raise InvalidImageError(Reason.EMPTY, "no bytes")
     with warnings.catch_warnings():
         # Our own limit is stricter than Pillow's decompression-bomb warning; silence the latter.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             image = Image.open(io.BytesIO(data))  # lazy: reads the header only
         except UnidentifiedImageError as exc:
-            raise InvalidImageError("not_an_image", f"{len(data)} bytes not recognised as an image format") from exc
+            detail = f"{len(data)} bytes not recognised as an image format"
+            raise InvalidImageError(Reason.NOT_AN_IMAGE, detail) from exc
         except Image.DecompressionBombError as exc:
-            raise InvalidImageError("too_large", str(exc)) from exc
+            raise InvalidImageError(Reason.TOO_LARGE, str(exc)) from exc
         except (OSError, SyntaxError, ValueError) as exc:  # some plugins raise these on a broken header
-            raise InvalidImageError("truncated", f"cannot read the image header: {exc}") from exc
+            raise InvalidImageError(Reason.TRUNCATED, f"cannot read the image header: {exc}") from exc
         _check_size(*image.size)
         try:
             image.load()  # decode now, so that truncation is reported here and not later
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise InvalidImageError(
-                "truncated", f"{image.format} image of {len(data)} bytes cannot be decoded: {exc}"
+                Reason.TRUNCATED, f"{image.format} image of {len(data)} bytes cannot be decoded: {exc}"
             ) from exc
     return image
 
@@ -168,18 +167,18 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
         return array.astype(np.uint8) * 255
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
-            raise InvalidImageError("bad_shape", "array contains NaN or infinity")
+            raise InvalidImageError(Reason.BAD_SHAPE, "array contains NaN or infinity")
         if array.size and array.min() >= 0.0 and array.max() <= 1.0:
             array = array * 255.0
         return np.clip(np.rint(array), 0, 255).astype(np.uint8)
     if np.issubdtype(array.dtype, np.integer):
         return np.clip(array, 0, 255).astype(np.uint8)
-    raise InvalidImageError("bad_shape", f"array dtype {array.dtype} is not a number type")
+    raise InvalidImageError(Reason.BAD_SHAPE, f"array dtype {array.dtype} is not a number type")
 
 
 def _array_to_pixels(array: np.ndarray) -> np.ndarray:
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
-        raise InvalidImageError("bad_shape", f"array of shape {array.shape}; expected (H, W) or (H, W, 1|3|4)")
+        raise InvalidImageError(Reason.BAD_SHAPE, f"array of shape {array.shape}; expected (H, W) or (H, W, 1|3|4)")
     height, width = array.shape[:2]
     _check_size(width, height)
     pixels = _to_uint8(array)
@@ -200,16 +199,10 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 class Predictor:
     """An exported classifier: ONNX Runtime session + model card. Thread-safe for concurrent `predict` calls."""
 
-    def __init__(self, session: Any, card: dict[str, Any], model_id: str) -> None:
+    def __init__(self, session: Any, card: ModelCard, model_id: str) -> None:
         self._session = session
         self._card = card
         self._model_id = model_id
-        spec = card["input"]
-        self._input_name: str = spec["name"]
-        self._mean = float(spec["mean"])
-        self._std = float(spec["std"])
-        self._class_names: tuple[str, ...] = tuple(card["class_names"])
-        self._output_is_logits = card.get("output", {}).get("kind", "logits") == "logits"
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, threads: int | None = None) -> Predictor:
@@ -221,14 +214,13 @@ class Predictor:
         import onnxruntime as ort
 
         onnx_path, card_path = resolve_model_files(path)
-        card = json.loads(card_path.read_text())
+        card = ModelCard.read(card_path)
         model_bytes = onnx_path.read_bytes()
         digest = hashlib.sha256(model_bytes).hexdigest()
-        expected = card.get("model_sha256")
-        if expected and expected != digest:
-            raise ValueError(
-                f"{onnx_path} does not match its card {card_path}: SHA-256 {digest[:12]}…, card says {expected[:12]}…; "
-                "re-export the model or restore the matching pair"
+        if card.model_sha256 != digest:
+            raise ModelCardError(
+                f"{onnx_path} does not match its card {card_path}: SHA-256 {digest[:12]}…, "
+                f"card says {card.model_sha256[:12]}…; re-export the model or restore the matching pair"
             )
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads if threads else min(2, os.cpu_count() or 1)
@@ -236,11 +228,10 @@ class Predictor:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session = ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
-        name = card.get("name", onnx_path.name.removesuffix(".onnx"))
-        return cls(session, card, f"{name}@{digest[:12]}")
+        return cls(session, card, f"{card.name}@{digest[:12]}")
 
     @property
-    def card(self) -> dict[str, Any]:
+    def card(self) -> ModelCard:
         return self._card
 
     @property
@@ -249,7 +240,7 @@ class Predictor:
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        return self._class_names
+        return self._card.class_names
 
     @staticmethod
     def to_pixels(image: bytes | bytearray | np.ndarray | Image.Image, *, raw: bool = False) -> np.ndarray:
@@ -258,14 +249,14 @@ class Predictor:
             data = bytes(image)
             if raw:
                 if len(data) != 28 * 28:
-                    raise InvalidImageError("bad_shape", f"raw pixels must be 784 bytes (28×28), got {len(data)}")
+                    raise InvalidImageError(Reason.BAD_SHAPE, f"raw pixels must be 784 bytes (28×28), got {len(data)}")
                 return np.frombuffer(data, dtype=np.uint8).reshape(28, 28).copy()
             return _image_to_pixels(_open_image(data))
         if isinstance(image, np.ndarray):
             return _array_to_pixels(image)
         if isinstance(image, Image.Image):
             return _image_to_pixels(image)
-        raise InvalidImageError("not_an_image", f"cannot classify a {type(image).__name__}")
+        raise InvalidImageError(Reason.NOT_AN_IMAGE, f"cannot classify a {type(image).__name__}")
 
     def predict_pixels(self, batch: np.ndarray) -> list[Prediction]:
         """Classify uint8 pixels of shape (N, 28, 28)."""
@@ -277,25 +268,26 @@ class Predictor:
         ):
             shape = getattr(batch, "shape", None)
             raise InvalidImageError(
-                "bad_shape", f"expected uint8 (N, 28, 28), got {getattr(batch, 'dtype', type(batch))} {shape}"
+                Reason.BAD_SHAPE, f"expected uint8 (N, 28, 28), got {getattr(batch, 'dtype', type(batch))} {shape}"
             )
         probs = self.probabilities(batch)  # (N, C)
         labels = probs.argmax(axis=1)
         return [
-            Prediction(int(k), self._class_names[k], float(p[k]), tuple(float(v) for v in p))
+            Prediction(int(k), self._card.class_names[k], float(p[k]), tuple(float(v) for v in p))
             for k, p in zip(labels, probs, strict=True)
         ]
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """uint8 (N, 28, 28) → float32 class probabilities (N, C)."""
+        spec, logits = self._card.input, self._card.output.kind == "logits"
         out = []
         for start in range(0, len(batch), _CHUNK):
             chunk = batch[start : start + _CHUNK]
-            x = (chunk.astype(np.float32) / 255.0 - self._mean) / self._std  # (n, 28, 28)
-            (scores,) = self._session.run(None, {self._input_name: x[:, None, :, :]})  # (n, C)
-            out.append(_softmax(scores) if self._output_is_logits else scores)
+            x = (chunk.astype(np.float32) / 255.0 - spec.mean) / spec.std  # (n, 28, 28)
+            (scores,) = self._session.run(None, {spec.name: x[:, None, :, :]})  # (n, C)
+            out.append(_softmax(scores) if logits else scores)
         if not out:
-            return np.zeros((0, len(self._class_names)), dtype=np.float32)
+            return np.zeros((0, len(self._card.class_names)), dtype=np.float32)
         return np.concatenate(out).astype(np.float32)
 
     def predict(self, image: bytes | np.ndarray | Image.Image, *, raw: bool = False) -> Prediction:

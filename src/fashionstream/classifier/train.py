@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 import time
@@ -35,6 +33,7 @@ from fashionstream.classifier import reports
 from fashionstream.classifier.data import FashionMNIST, ImageDataModule
 from fashionstream.classifier.export import FINAL_CHECKPOINT
 from fashionstream.classifier.module import FashionCNN, ImageClassifier, PatchCNN, ResNet
+from fashionstream.machine import describe_machine
 
 __all__ = ["FashionCNN", "FashionMNIST", "PatchCNN", "ResNet", "TrainCLI", "main"]
 
@@ -120,8 +119,9 @@ class TrainCLI(LightningCLI):
         """`--data.val_size 0`: the final run of a recipe chosen on validation, on all 60 k training images.
 
         Nothing is left to validate or to choose a checkpoint by, so the run keeps its last epoch's weights
-        (where the one-cycle schedule ends; validation chose the last epoch in 27 of the 28 recipe runs of
-        issue 5, the exception being one epoch earlier), skips the empty validation loop, and tests them.
+        (where the one-cycle schedule ends; in 27 of the 28 validated runs of the CPU recipes validation chose
+        the last epoch, and the one exception the epoch before: docs/benchmarks.md), skips the empty
+        validation loop, and tests them.
         """
         config["checkpoint"]["monitor"] = None
         config["checkpoint"]["filename"] = FINAL_CHECKPOINT
@@ -184,13 +184,10 @@ class TrainCLI(LightningCLI):
             "data_args": config["data"]["init_args"].as_dict(),
             "precision": str(self.trainer.precision),
             "machine": {
-                "host": platform.node(),
-                "cpu": cpu_name(),
-                "cores": os.cpu_count(),
+                **describe_machine("torch", "lightning"),
                 "torch_threads": torch.get_num_threads(),
                 "accelerator": "cuda" if gpu else "cpu",
                 "gpu": gpu,
-                "torch": torch.__version__,
             },
             "fit_wall_s": round(fit_wall_s, 1),
             "best_val_acc": float(best_val) if best_val is not None else None,
@@ -199,16 +196,6 @@ class TrainCLI(LightningCLI):
             "tested_weights": self._tested_weights,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one (Linux), else the architecture."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:

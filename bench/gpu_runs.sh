@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
-# Issue 5's GPU measurements as one device call (a session is lent a GPU for 15 minutes in all):
+# The GPU training measurements as one device call (the device tool allows 10 minutes per call):
 #   1. configs/speedrun.yaml once: time to accuracy, read from its per-validation wall-clock stamps;
 #   2. configs/resnet-long.yaml for seeds 0, 1 and 2 side by side on the one GPU (small nets leave it idle
 #      most of the time, so three processes cost little more than one).
 #
-#   scripts/gpu-issue5 prepare   here: the wheels the device image lacks (LightningCLI's jsonargparse and
-#                                its extras) and the four dataset files, into the ignored folder .gpu/
-#   scripts/gpu-issue5 smoke     here, after prepare, on the CPU: the device part for 3 steps per run
-#   device tool: run(command="scripts/gpu-issue5 device", carry=[".gpu"], timeout_s=600)
+#   bench/gpu_runs.sh prepare   here: the wheels the device image lacks (LightningCLI's jsonargparse and
+#                               its extras) and the four dataset files, into the ignored folder .gpu/
+#   bench/gpu_runs.sh smoke     here, after prepare, on the CPU: the device part for 3 steps per run
+#   device tool: run(command="bench/gpu_runs.sh device", carry=[".gpu"], timeout_s=600)
+#   (`make gpu-prepare` and `make gpu-smoke` run the first two.)
 #
-# What comes back: $OUT/issue5-runs.tar.gz (the run directories) and one log per run. Then here:
-#   mkdir -p runs/gpu && tar -xzf <files_at>/issue5-runs.tar.gz -C runs/gpu
+# What comes back: $OUT/gpu-runs.tar.gz (the run directories) and one log per run. Then here:
+#   mkdir -p runs/gpu && tar -xzf <files_at>/gpu-runs.tar.gz -C runs/gpu
 #   .venv/bin/python bench/train_speed.py runs/gpu/runs/*/version_* --update-docs
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mode=${1:?usage: scripts/gpu-issue5 prepare|smoke|device}
+mode=${1:?usage: bench/gpu_runs.sh prepare|smoke|device}
 
 if [[ $mode == prepare ]]; then
   rm -rf .gpu && mkdir -p .gpu/whl .gpu/data
@@ -33,7 +34,7 @@ if [[ $mode == device ]]; then
   # the tarball is written only at the end, so a run that is slower than hoped must not take the rest down.
   speed_cap=(--trainer.max_time 00:00:01:30)
   long_cap=(--trainer.max_time 00:00:06:30)
-  [[ -d .gpu/whl ]] || { echo "no .gpu/: run 'scripts/gpu-issue5 prepare' here and carry .gpu" >&2; exit 2; }
+  [[ -d .gpu/whl ]] || { echo "no .gpu/: run 'bench/gpu_runs.sh prepare' here and carry .gpu" >&2; exit 2; }
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD/src
   py=python3
@@ -71,5 +72,5 @@ done
 for pid in "${pids[@]}"; do wait "$pid" || { failed=1; echo "a resnet-long run failed"; }; done
 for seed in 0 1 2; do tail -n 2 "$out/resnet-long-$seed.log"; done
 echo "== done $(date -u +%T)"
-tar -C "$out" -czf "$out/issue5-runs.tar.gz" runs && rm -rf "$out/runs"
+tar -C "$out" -czf "$out/gpu-runs.tar.gz" runs && rm -rf "$out/runs"
 exit "$failed"
