@@ -6,8 +6,8 @@
 
 For each broker and each --max-batch-size it runs the demo (N test images sent
 flat out, one service, one consumer, all in this process) and records
-throughput and latency percentiles; batch size 1 is the original system's
-one-at-a-time behaviour. Results go to bench/results/pipeline.json and a
+throughput and latency percentiles; batch size 1 classifies one image at a
+time. Results go to bench/results/pipeline.json and a
 Markdown table is printed (paste it into docs/pipeline.md). Numbers, not
 assertions: they depend on the machine and on what else runs on it.
 """
@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
+from fashionstream.classifier.predictor import Predictor
+from fashionstream.machine import describe_machine
+from fashionstream.pipeline.config import DemoConfig
 from fashionstream.pipeline.demo import run_demo
-from fashionstream.pipeline.model import PredictorModel
+from fashionstream.pipeline.handler import OnnxModelHandler
 from fashionstream.pipeline.topology import Topology
 
 
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     brokers = args.broker or ["mem://"]
     sizes = args.batch_size or [1, 16, 64]
-    model = PredictorModel(args.model)
+    model_id = Predictor.load(args.model).model_id
+    handler = OnnxModelHandler(args.model)
     rows = []
     for broker in brokers:
         for size in sizes:
@@ -53,9 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                     dead_letters=f"images-dlq-{suffix}",
                     service_subscription=f"model-service-{suffix}",
                 )
-                result = run_demo(
-                    topology=topology, count=args.count, model=model, max_batch_size=size, rate=args.rate, timeout=300
-                )
+                config = DemoConfig(broker=broker, count=args.count, max_batch_size=size, rate=args.rate, timeout=300)
+                result = run_demo(config, topology=topology, handler=handler)
                 _delete(topology)
                 doc = result.as_dict()
                 print(f"{broker:<40} batch {size:>3}  run {repeat}: {json.dumps(doc)}", file=sys.stderr)
@@ -66,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "what": "demo pipeline in one process: producer (flat out) -> service -> consumer, shipped model",
         "count": args.count,
-        "model": model.model_id,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "model": model_id,
+        "machine": describe_machine("onnxruntime", "confluent-kafka", "google-cloud-pubsub"),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "results": rows,
     }

@@ -1,4 +1,4 @@
-"""MicroBatcher and BatchInference with a fake clock and fake model handlers (no broker, no model)."""
+"""MicroBatcher and run_isolating_failures with a fake clock and fake inference (no broker, no model)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from fashionstream.pipeline.batcher import BatchInference, Failed, MicroBatcher
+from fashionstream.pipeline.batcher import Failed, MicroBatcher, run_isolating_failures
 
 
 class FakeClock:
@@ -66,56 +66,46 @@ def test_invalid_settings(size: int, wait: float) -> None:
         MicroBatcher(size, wait)
 
 
-class DoublingHandler:
-    """Fake model: doubles numbers; refuses any batch containing a negative one (a poison input)."""
+class Doubler:
+    """Fake inference: doubles numbers; refuses any batch containing a negative one (a poison input)."""
 
     def __init__(self) -> None:
-        self.loads = 0
         self.batches: list[list[int]] = []
 
-    def load_model(self) -> str:
-        self.loads += 1
-        return "model-v1"
-
-    def run_inference(self, batch: Sequence[int], model: str) -> list[int]:
-        assert model == "model-v1"
+    def __call__(self, batch: Sequence[int]) -> list[int]:
         self.batches.append(list(batch))
         if any(x < 0 for x in batch):
             raise ValueError(f"cannot take {min(batch)}")
         return [2 * x for x in batch]
 
 
-def test_inference_loads_once_and_answers_in_order() -> None:
-    handler = DoublingHandler()
-    inference = BatchInference(handler)
-    assert inference.run([1, 2, 3]) == [2, 4, 6]
-    assert inference.run([]) == []
-    assert handler.loads == 1 and inference.model_calls == 1
+def test_inference_answers_in_order_with_one_call() -> None:
+    infer = Doubler()
+    assert run_isolating_failures(infer, [1, 2, 3]) == [2, 4, 6]
+    assert run_isolating_failures(infer, []) == []
+    assert len(infer.batches) == 1
 
 
 def test_one_poison_input_fails_alone_and_its_neighbours_are_answered() -> None:
-    handler = DoublingHandler()
-    inference = BatchInference(handler)
+    infer = Doubler()
     batch = list(range(16))
     batch[11] = -5
-    results = inference.run(batch)
+    results = run_isolating_failures(infer, batch)
     assert len(results) == 16
     failed = [i for i, r in enumerate(results) if isinstance(r, Failed)]
     assert failed == [11]
     assert "cannot take -5" in results[11].detail  # type: ignore[union-attr]
     assert [r for i, r in enumerate(results) if i != 11] == [2 * x for i, x in enumerate(batch) if i != 11]
     # bisection, not one call per item: 1 + 2 per level down to the culprit (log2 16 = 4 levels)
-    assert inference.model_calls == 1 + 2 * 4
+    assert len(infer.batches) == 1 + 2 * 4
 
 
 def test_several_poison_inputs_and_a_wrong_output_count() -> None:
-    handler = DoublingHandler()
-    results = BatchInference(handler).run([-1, 2, -3, 4, 5])
+    results = run_isolating_failures(Doubler(), [-1, 2, -3, 4, 5])
     assert [isinstance(r, Failed) for r in results] == [True, False, True, False, False]
 
-    class ShortHandler(DoublingHandler):
-        def run_inference(self, batch: Sequence[int], model: str) -> list[int]:
-            return [0] * (len(batch) - 1) if len(batch) > 1 else [7]
+    def short(batch: Sequence[int]) -> list[int]:
+        return [0] * (len(batch) - 1) if len(batch) > 1 else [7]
 
-    # a handler that drops outputs must not mis-assign answers: the batch is split until counts match
-    assert BatchInference(ShortHandler()).run([1, 2, 3]) == [7, 7, 7]
+    # inference that drops outputs must not mis-assign answers: the batch is split until counts match
+    assert run_isolating_failures(short, [1, 2, 3]) == [7, 7, 7]

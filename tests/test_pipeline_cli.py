@@ -1,21 +1,27 @@
-"""The commands' plumbing: FASHIONSTREAM_* variables, broker URLs, and produce/consume end to end on mem://."""
+"""The commands' plumbing: options from flags, variables and files, one-line errors, and produce/consume on mem://."""
 
 from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fashionstream.classifier.predictor import Predictor
+from fashionstream.cli import _user_error, main
 from fashionstream.pipeline import cli
-from fashionstream.pipeline.model import PredictorModel
-from fashionstream.pipeline.options import apply_env_defaults, parse_client_options
-from fashionstream.pipeline.service import ModelService, ServiceConfig
-from fashionstream.pipeline.topology import Topology, subscription_url, topic_url
-from fashionstream.pubsub import open_subscription, open_topic
+from fashionstream.pipeline.config import COMMANDS, ServiceConfig
+from fashionstream.pipeline.handler import OnnxModelHandler
+from fashionstream.pipeline.options import load, options_markdown
+from fashionstream.pipeline.service import ModelService
+from fashionstream.pipeline.topology import Topology
+from fashionstream.pubsub import open_subscription, open_topic, parse_broker
 
 
 @pytest.fixture(autouse=True)
@@ -29,28 +35,29 @@ def restore_logging() -> Iterator[None]:
     root.setLevel(level)
 
 
+def serve_config(argv: list[str], environ: dict[str, str]) -> ServiceConfig:
+    return load(ServiceConfig, cli.serve_parser(), argv, environ)
+
+
 def test_every_option_can_come_from_the_environment() -> None:
-    parser = cli.serve_parser()
-    apply_env_defaults(
-        parser,
-        {
-            "FASHIONSTREAM_BROKER": "kafka://k:9092",
-            "FASHIONSTREAM_MAX_BATCH_SIZE": "32",
-            "FASHIONSTREAM_MAX_WAIT_MS": "7.5",
-            "FASHIONSTREAM_CREATE_TOPICS": "true",
-            "FASHIONSTREAM_SUBSCRIBER_OPTION": "session.timeout.ms=6000 ack_deadline=60",
-            "FASHIONSTREAM_LOG_FORMAT": "json",
-        },
-    )
-    args = parser.parse_args([])
-    assert args.broker == "kafka://k:9092"
-    assert args.max_batch_size == 32 and args.max_wait_ms == 7.5
-    assert args.create_topics is True
-    assert args.log_format == "json"
-    assert parse_client_options(args.subscriber_option) == {"session.timeout.ms": 6000, "ack_deadline": 60}
+    environ = {
+        "FASHIONSTREAM_BROKER": "kafka://k:9092",
+        "FASHIONSTREAM_MAX_BATCH_SIZE": "32",
+        "FASHIONSTREAM_MAX_WAIT_MS": "7.5",
+        "FASHIONSTREAM_CREATE_TOPICS": "true",
+        "FASHIONSTREAM_SUBSCRIBER_OPTION": "session.timeout.ms=6000 ack_deadline=60",
+        "FASHIONSTREAM_LOG_FORMAT": "json",
+    }
+    config = serve_config([], environ)
+    assert config.broker == "kafka://k:9092"
+    assert config.max_batch_size == 32 and config.max_wait_ms == 7.5
+    assert config.create_topics is True
+    assert config.log_format == "json"
+    assert config.subscriber_option == {"session.timeout.ms": 6000, "ack_deadline": 60}
     # the command line still wins
-    assert parser.parse_args(["--max-batch-size", "8"]).max_batch_size == 8
-    assert "FASHIONSTREAM_" in (parser.epilog or "")
+    assert serve_config(["--max-batch-size", "8"], environ).max_batch_size == 8
+    assert serve_config(["--no-create-topics"], environ).create_topics is False
+    assert "FASHIONSTREAM_" in (cli.serve_parser().epilog or "")
 
 
 @pytest.mark.parametrize(
@@ -62,23 +69,73 @@ def test_every_option_can_come_from_the_environment() -> None:
     ],
 )
 def test_a_bad_variable_fails_like_a_bad_option(environ: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
-    parser = cli.serve_parser()
     with pytest.raises(SystemExit):
-        apply_env_defaults(parser, environ)
-        parser.parse_args([])
+        serve_config([], {"FASHIONSTREAM_BROKER": "mem://", **environ})
     assert next(iter(environ)) in capsys.readouterr().err  # the message names the variable
 
 
+def test_a_config_file_sets_options_below_the_environment_and_the_command_line(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "serve.toml"
+    path.write_text(
+        'broker = "kafka://k:9092"\nmax_batch_size = 16\nmax_wait_ms = 5\n'
+        '[client_option]\n"security.protocol" = "SASL_SSL"\n"sasl.password" = "hunter2"\n'
+    )
+    config = serve_config(["--config", str(path)], {})
+    assert (config.broker, config.max_batch_size, config.max_wait_ms) == ("kafka://k:9092", 16, 5.0)
+    assert config.subscriber_options() == {"security.protocol": "SASL_SSL", "sasl.password": "hunter2"}
+    assert serve_config(["--config", str(path)], {"FASHIONSTREAM_MAX_BATCH_SIZE": "8"}).max_batch_size == 8
+    assert serve_config(["--config", str(path), "--max-batch-size", "4"], {}).max_batch_size == 4
+    # --print-config writes a file that reads back to the same options, secrets redacted
+    with pytest.raises(SystemExit) as exit_info:
+        serve_config(["--config", str(path), "--print-config"], {})
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "hunter2" not in printed and "max_batch_size = 16" in printed
+    again = tmp_path / "again.toml"
+    again.write_text(printed)
+    assert serve_config(["--config", str(again)], {}).max_wait_ms == 5.0
+    # an unknown key is refused, naming the file and the accepted keys
+    path.write_text("max_batch = 3\n")
+    with pytest.raises(SystemExit):
+        serve_config(["--config", str(path)], {})
+    assert "max_batch" in capsys.readouterr().err
+
+
+def test_help_prints_each_default_once() -> None:
+    text = cli.serve_parser().format_help()
+    assert "(default: None)" not in text
+    assert "(required) (default" not in text
+    assert text.count("(default: 64)") == 1
+    for action in cli.serve_parser()._actions:
+        assert action.help, f"{action.option_strings} has no help"
+
+
 def test_broker_urls_become_topic_and_subscription_urls() -> None:
+    def topic_url(broker: str, topic: str) -> str:
+        return Topology(broker).topic(topic)
+
+    def subscription_url(broker: str, topic: str, subscription: str) -> str:
+        return Topology(broker).subscription(topic, subscription)
+
     assert topic_url("mem://", "images") == "mem://images"
     assert subscription_url("mem://", "images", "model-service") == "mem://images?subscription=model-service"
     assert topic_url("kafka://127.0.0.1:9092", "images") == "kafka://127.0.0.1:9092/images"
     assert subscription_url("kafka://127.0.0.1:9092/", "images", "svc") == "kafka://127.0.0.1:9092/images?group=svc"
     assert topic_url("gcppubsub://projects/p1", "images.dlq") == "gcppubsub://projects/p1/topics/images.dlq"
     assert subscription_url("gcppubsub://projects/p1", "images", "svc") == "gcppubsub://projects/p1/subscriptions/svc"
-    for bad in ("redis://x", "kafka://", "gcppubsub://p1", "gcppubsub://projects/", "kafka://h:1?sasl=x"):
+    for bad in (
+        "redis://x",
+        "kafka://",
+        "gcppubsub://p1",
+        "gcppubsub://projects/",
+        "kafka://h:1?sasl=x",
+        "kafka://h:x",
+    ):
         with pytest.raises(ValueError, match="broker URL"):
             Topology(bad)
+    assert parse_broker("kafka://127.0.0.1:9092").cloudevents_prefix == Topology("kafka://h:1").flavour.prefix
 
 
 def test_serve_without_a_broker_is_a_usage_error(capsys: pytest.CaptureFixture[str], monkeypatch: Any) -> None:
@@ -94,7 +151,7 @@ def test_produce_and_consume_commands_over_mem(capsys: pytest.CaptureFixture[str
     topology = Topology("mem://", images=unique_name("images"), predictions=unique_name("predictions"),
                         dead_letters=unique_name("dlq"))  # fmt: skip
     topology.create()
-    model = PredictorModel()
+    card = Predictor.load().card
     config = ServiceConfig(broker="mem://", images_topic=topology.images, predictions_topic=topology.predictions,
                            dead_letter_topic=topology.dead_letters)  # fmt: skip
     stop = threading.Event()
@@ -103,16 +160,17 @@ def test_produce_and_consume_commands_over_mem(capsys: pytest.CaptureFixture[str
         open_topic(topology.topic(topology.predictions)) as out,
         open_topic(topology.topic(topology.dead_letters)) as dead,
     ):
-        worker = threading.Thread(target=ModelService(config, model, service_in, out, dead).run, args=(stop,))
+        service = ModelService(config, OnnxModelHandler(), service_in, out, dead)
+        worker = threading.Thread(target=service.run, args=(stop,))
         worker.start()
         try:
             assert cli.produce_main(["--broker", "mem://", "--topic", topology.images, "--count", "120",
                                      "--no-progress"]) == 0  # fmt: skip
             produced = capsys.readouterr().out
             assert "sent 120, confirmed 120, failed 0" in produced
-            # the same 20 images again, as the original system's JSON: different ids, so new answers
+            # the same 20 images again, in the JSON form: different ids, so new answers
             assert cli.produce_main(["--broker", "mem://", "--topic", topology.images, "--count", "20",
-                                     "--format", "seed-json", "--no-progress"]) == 0  # fmt: skip
+                                     "--format", "json", "--no-progress"]) == 0  # fmt: skip
             capsys.readouterr()
             code = cli.consume_main(
                 ["--broker", "mem://", "--topic", topology.predictions, "--subscription",
@@ -125,7 +183,65 @@ def test_produce_and_consume_commands_over_mem(capsys: pytest.CaptureFixture[str
     captured = capsys.readouterr()
     lines = [json.loads(line) for line in captured.out.splitlines()]
     assert len(lines) == 140 and len({p["id"] for p in lines}) == 140
-    assert sum(1 for p in lines if p["expected_label"] is not None) == 120  # seed-json carries no label
+    assert sum(1 for p in lines if p["expected_label"] is not None) == 120  # the JSON form carries no label
     summary = json.loads(captured.err.strip().splitlines()[-1])
     assert summary["answered"] == 140 and summary["duplicates"] == 0
-    assert summary["accuracy"] > float(model.card["test"]["accuracy"]) - 0.1
+    assert summary["accuracy"] > card.test.accuracy - 0.1
+
+
+def test_docs_list_every_option_as_the_code_defines_it() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "pipeline.md").read_text()
+    for command, config_class in COMMANDS.items():
+        block = f"<!-- options: {command} -->\n{options_markdown(config_class)}\n<!-- options: end -->"
+        assert block in doc, f"docs/pipeline.md's {command} table is stale: python -m fashionstream.pipeline.config"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def run_command(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    code = main(argv)
+    return code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def test_a_missing_topic_is_one_line_naming_the_flag_that_creates_it(capsys: pytest.CaptureFixture[str]) -> None:
+    code, lines = run_command(["consume", "--broker", "mem://", "--topic", "nowhere-to-be-found"], capsys)
+    assert code == 1
+    assert len(lines) == 1 and lines[0].startswith("fashionstream consume: error:")
+    assert "nowhere-to-be-found" in lines[0] and "--create-topics" in lines[0]
+
+
+def test_an_unreachable_kafka_broker_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    started = time.monotonic()
+    code, lines = run_command(
+        ["produce", "--broker", f"kafka://127.0.0.1:{free_port()}", "--count", "1", "--no-progress"], capsys
+    )
+    took = time.monotonic() - started
+    assert code == 1
+    assert len(lines) == 1 and "127.0.0.1" in lines[0] and "--broker" in lines[0], lines
+    assert took < 15, f"{took:.1f} s to report an unreachable broker"  # wide margin over the driver's wait
+
+
+@pytest.mark.parametrize("broker", ["kafka://h:99999", "kafka://h:port", "redis://h", "kafka://h:1?sasl.password=x"])
+def test_a_bad_broker_url_is_refused_before_anything_connects(broker: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, lines = run_command(["produce", "--broker", broker], capsys)
+    assert code == 1
+    assert len(lines) == 1 and "broker URL" in lines[0]
+    assert "sasl.password=x" not in lines[0]
+
+
+def test_a_missing_model_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = str(tmp_path / "no-such-model.onnx")
+    for argv in (["evaluate", "--model", missing], ["predict", "--model", missing, str(tmp_path)]):
+        code, lines = run_command(argv, capsys)
+        assert code == 1
+        assert len(lines) == 1 and "no-such-model.onnx" in lines[0], lines
+
+
+def test_training_without_the_train_extra_names_the_extra() -> None:
+    message = _user_error("train", ModuleNotFoundError("No module named 'torch'", name="torch"))
+    assert message is not None and "pip install 'fashionstream[train]'" in message
+    assert _user_error("serve", RuntimeError("a bug")) is None  # bugs keep their traceback

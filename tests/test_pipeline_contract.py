@@ -1,4 +1,4 @@
-"""The message contract: CloudEvents binary mode per broker, the original JSON form, dead-letter reasons."""
+"""The message contract: CloudEvents binary and structured mode per broker, the JSON form, dead-letter reasons."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ import json
 
 import pytest
 
-from fashionstream.pipeline import contract
-from fashionstream.pipeline.contract import Flavour, InvalidRequest, Prediction
+from fashionstream.classifier.predictor import Prediction
+from fashionstream.pipeline import cloudevents, contract
+from fashionstream.pipeline.cloudevents import Flavour
+from fashionstream.pipeline.contract import InvalidRequest, PredictionEvent
+from fashionstream.reasons import Reason
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -41,8 +44,8 @@ def test_decoder_accepts_both_spellings(flavour: Flavour) -> None:
     message = contract.encode_request(b"img", flavour, request_id="abc", expected_label=3, content_type="image/jpeg")
     request = contract.decode_request(message.data, message.attributes)
     assert (request.id, request.image, request.content_type, request.expected_label) == ("abc", b"img", "image/jpeg", 3)
-    assert contract.parse_time(request.time) is not None
-    assert not request.legacy_json
+    assert cloudevents.parse_time(request.time) is not None
+    assert not request.json_form
 
 
 def test_raw_pixels_and_content_type_parameters() -> None:
@@ -52,12 +55,12 @@ def test_raw_pixels_and_content_type_parameters() -> None:
     assert request.raw
 
 
-def test_original_json_format_round_trips() -> None:
-    message = contract.encode_legacy_request(PNG_MAGIC, request_id="seed-42")
+def test_json_form_round_trips() -> None:
+    message = contract.encode_json_request(PNG_MAGIC, request_id="json-42")
     assert message.attributes == {}
-    assert json.loads(message.data) == {"id": "seed-42", "image": base64.b64encode(PNG_MAGIC).decode()}
+    assert json.loads(message.data) == {"id": "json-42", "image": base64.b64encode(PNG_MAGIC).decode()}
     request = contract.decode_request(message.data, message.attributes)
-    assert (request.id, request.image, request.legacy_json) == ("seed-42", PNG_MAGIC, True)
+    assert (request.id, request.image, request.json_form) == ("json-42", PNG_MAGIC, True)
 
 
 def test_unique_ids() -> None:
@@ -95,8 +98,8 @@ def test_bad_expected_label_does_not_cost_the_answer() -> None:
 
 
 def test_prediction_round_trip_and_attributes() -> None:
-    prediction = Prediction(
-        "r-9", 9, "Ankle boot", 0.91, [0.01] * 9 + [0.91], "fashion-cnn@abc", 9, "2026-01-01T00:00:00Z"
+    prediction = PredictionEvent(
+        "r-9", Prediction(9, "Ankle boot", 0.91, (0.01,) * 9 + (0.91,)), "fashion-cnn@abc", 9, "2026-01-01T00:00:00Z"
     )
     encoded = contract.encode_prediction(prediction, Flavour.KAFKA)
     assert encoded.key == "r-9"
@@ -106,9 +109,11 @@ def test_prediction_round_trip_and_attributes() -> None:
     body = json.loads(encoded.data)
     assert {"id", "label", "class_name", "confidence", "probabilities", "model"} <= set(body)
     decoded = contract.decode_prediction(encoded.data)
-    assert (decoded.id, decoded.label, decoded.class_name, decoded.expected_label) == ("r-9", 9, "Ankle boot", 9)
+    assert (decoded.id, decoded.prediction.label, decoded.prediction.class_name, decoded.expected_label) == (
+        "r-9", 9, "Ankle boot", 9
+    )  # fmt: skip
     assert decoded.correct is True
-    assert len(decoded.probabilities) == 10
+    assert len(decoded.prediction.probabilities) == 10
 
 
 @pytest.mark.parametrize(
@@ -128,13 +133,81 @@ def test_invalid_predictions_are_rejected(body: bytes) -> None:
 def test_dead_letter_keeps_the_original_and_adds_the_reason() -> None:
     original = contract.encode_request(b"garbage", Flavour.PUBSUB, request_id="bad-1")
     letter = contract.encode_dead_letter(
-        original.data, original.attributes, original.key, "not_an_image", "cannot identify image file" * 100
+        original.data,
+        original.attributes,
+        original.key,
+        Reason.NOT_AN_IMAGE,
+        "cannot identify image file" * 100,
+        flavour=Flavour.PUBSUB,
     )
     assert letter.data == b"garbage"
     assert letter.key == "bad-1"
     assert letter.attributes["error"] == "not_an_image"
     assert len(letter.attributes["error_detail"]) <= contract.MAX_DETAIL_CHARS
+    # A dead letter is an event of its own type; the request's type is kept beside it.
+    assert letter.attributes["ce-type"] == contract.DEAD_LETTER_TYPE
+    assert letter.attributes["original_type"] == contract.REQUEST_TYPE
     for name, value in original.attributes.items():
-        assert letter.attributes[name] == value
-    cut = contract.encode_dead_letter(b"y" * 1000, {}, None, "too_large", "big", max_body_bytes=10)
+        if name != "ce-type":
+            assert letter.attributes[name] == value
+    cut = contract.encode_dead_letter(
+        b"y" * 1000, {}, None, Reason.TOO_LARGE, "big", flavour=Flavour.KAFKA, message_id="t/0/7", max_body_bytes=10
+    )
     assert cut.data == b"y" * 10 and "1000" in cut.attributes["body_truncated"]
+    # Input without an envelope still becomes a complete CloudEvent, named by the broker's message id.
+    assert cut.attributes["ce_id"] == "t/0/7" and cut.attributes["ce_specversion"] == "1.0"
+    assert cut.attributes["ce_type"] == contract.DEAD_LETTER_TYPE and "original_type" not in cut.attributes
+
+
+def structured(document: dict[str, object]) -> bytes:
+    return json.dumps(document).encode()
+
+
+def test_structured_mode_requests_are_accepted() -> None:
+    body = structured(
+        {"specversion": "1.0", "id": "s-1", "type": contract.REQUEST_TYPE, "source": "camera/7",
+         "time": "2026-01-01T00:00:00Z", "datacontenttype": "image/png",
+         "data_base64": base64.b64encode(PNG_MAGIC).decode(), "traceparent": TRACEPARENT}
+    )  # fmt: skip
+    for content_type in ("application/cloudevents+json", "Application/CloudEvents+JSON; charset=utf-8"):
+        request = contract.decode_request(body, {"content-type": content_type, "expected_label": "4"})
+        assert (request.id, request.image, request.content_type, request.expected_label) == ("s-1", PNG_MAGIC,
+                                                                                           "image/png", 4)  # fmt: skip
+        assert request.time == "2026-01-01T00:00:00Z" and request.trace == {"traceparent": TRACEPARENT}
+
+
+def test_hostile_structured_events_get_their_reasons() -> None:
+    header = {"content-type": "application/cloudevents+json"}
+    png = base64.b64encode(PNG_MAGIC).decode()
+    assert _reason(b"{not json", header) == "bad_json"
+    assert _reason(b"[1, 2]", header) == "bad_json"
+    assert _reason(structured({"id": "a", "data": "not binary"}), header) == "bad_json"
+    assert _reason(structured({"id": "a", "data_base64": "@@@"}), header) == "bad_json"
+    assert _reason(structured({"data_base64": png}), header) == "bad_attributes"
+    assert _reason(structured({"id": "a", "data_base64": ""}), header) == "empty"
+    assert _reason(structured({"id": "a", "data_base64": png, "datacontenttype": "text/html"}), header) == (
+        "unsupported_content_type"
+    )
+
+
+@pytest.mark.parametrize("name", ["content-type", "Content-Type", "CONTENT-TYPE"])
+def test_the_content_type_header_is_read_in_any_case(name: str) -> None:
+    attrs = dict(contract.encode_request(bytes(784), Flavour.KAFKA).attributes)
+    del attrs["content-type"]
+    attrs[name] = "application/octet-stream"
+    assert contract.decode_request(bytes(784), attrs).raw
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.mark.parametrize("header", ["ce_traceparent", "ce-traceparent", "traceparent"])
+def test_traceparent_passes_from_the_request_to_its_prediction(header: str) -> None:
+    attrs = {**contract.encode_request(b"img", Flavour.KAFKA, request_id="t-1").attributes, header: TRACEPARENT}
+    request = contract.decode_request(b"img", attrs)
+    assert request.trace == {"traceparent": TRACEPARENT}
+    event = contract.answer(request, Prediction(1, "Trouser", 0.8, (0.1,) * 10), "m@1")
+    encoded = contract.encode_prediction(event, Flavour.PUBSUB, trace=request.trace)
+    assert encoded.attributes["ce-traceparent"] == TRACEPARENT
+    untraced = contract.encode_prediction(event, Flavour.PUBSUB)
+    assert not any("traceparent" in name for name in untraced.attributes)

@@ -24,14 +24,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fashionstream.pipeline import contract
-from fashionstream.pipeline.batcher import BatchInference, Failed
-from fashionstream.pipeline.contract import Flavour
+from fashionstream.classifier.predictor import Prediction, Predictor
+from fashionstream.pipeline import cloudevents, contract
+from fashionstream.pipeline.cloudevents import Flavour
+from fashionstream.pipeline.config import DemoConfig, ServiceConfig
 from fashionstream.pipeline.demo import run_demo
+from fashionstream.pipeline.handler import OnnxModelHandler, Pixels
 from fashionstream.pipeline.metrics import Health, MetricsServer, ServiceMetrics
-from fashionstream.pipeline.model import Classified, Pixels, PredictorModel
 from fashionstream.pipeline.producer import labelled_test_images, png_bytes
-from fashionstream.pipeline.service import ModelService, ServiceConfig
+from fashionstream.pipeline.service import ModelService
 from fashionstream.pipeline.topology import Topology
 from fashionstream.pubsub import admin, open_subscription, open_topic
 
@@ -48,24 +49,16 @@ def restore_logging() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def model() -> PredictorModel:
-    """The shipped model (models/fashion-cnn.onnx + card), loaded once for the module."""
-    return PredictorModel()
-
-
-def broker_url(backend: Any) -> str:
-    if backend.name == "mem":
-        return "mem://"
-    if backend.name == "kafka":
-        return f"kafka://{backend.kafka_servers}"
-    return f"gcppubsub://projects/{backend.project}"
+def model() -> Predictor:
+    """The shipped model (models/fashion-cnn.onnx + card): its id and card, which the served copy must match."""
+    return Predictor.load()
 
 
 @pytest.fixture
 def topology(backend: Any, unique_name: Any) -> Iterator[Topology]:
     """Unique topic and subscription names on the backend; deleted afterwards."""
     made = Topology(
-        broker_url(backend),
+        backend.broker_url,
         images=unique_name("images"),
         predictions=unique_name("predictions"),
         dead_letters=unique_name("images-dlq"),
@@ -81,27 +74,26 @@ def topology(backend: Any, unique_name: Any) -> Iterator[Topology]:
             admin.delete_topic(made.topic(name))
 
 
-def card_accuracy(model: PredictorModel) -> float:
-    return float(model.card["test"]["accuracy"])
+def card_accuracy(model: Predictor) -> float:
+    return model.card.test.accuracy
 
 
 # --------------------------------------------------------------------------- 2,000 images end to end
 
 
-def test_two_thousand_test_images_end_to_end(backend: Any, topology: Topology, model: PredictorModel) -> None:
-    result = run_demo(
-        topology=topology, count=2000, model=model, subscriber_options=backend.subscriber_options, timeout=180
-    )
+def test_two_thousand_test_images_end_to_end(backend: Any, topology: Topology, model: Predictor) -> None:
+    config = DemoConfig(broker=topology.broker, count=2000, subscriber_option=backend.subscriber_options, timeout=180)
+    result = run_demo(config, topology=topology)
     assert result.sent == 2000
     assert result.answered == 2000, f"lost {result.lost}"
     assert result.lost == 0 and result.dead_lettered == 0
     # one to one: every sent id answered, no answer for anything not sent
     assert set(result.tally.answered) == set(result.sent_ids)
     assert len(set(result.sent_ids)) == 2000
-    for prediction in result.tally.answered.values():
-        assert prediction.model == model.model_id
-        assert len(prediction.probabilities) == 10
-        assert abs(sum(prediction.probabilities) - 1.0) < 1e-3
+    for event in result.tally.answered.values():
+        assert event.model == model.model_id
+        assert len(event.prediction.probabilities) == 10
+        assert abs(sum(event.prediction.probabilities) - 1.0) < 1e-3
     assert result.accuracy is not None
     assert abs(result.accuracy - card_accuracy(model)) <= 0.015, (result.accuracy, card_accuracy(model))
     summary = result.as_dict()
@@ -113,9 +105,7 @@ def test_two_thousand_test_images_end_to_end(backend: Any, topology: Topology, m
 
 
 @pytest.mark.kafka
-def test_original_json_format_round_trips_over_kafka(
-    kafka_bootstrap: str, unique_name: Any, model: PredictorModel
-) -> None:
+def test_json_form_round_trips_over_kafka(kafka_bootstrap: str, unique_name: Any, model: Predictor) -> None:
     topology = Topology(
         f"kafka://{kafka_bootstrap}",
         images=unique_name("images"),
@@ -123,11 +113,11 @@ def test_original_json_format_round_trips_over_kafka(
         dead_letters=unique_name("images-dlq"),
         service_subscription=unique_name("model-service"),
     )
-    result = run_demo(topology=topology, count=300, model=model, fmt="seed-json", timeout=120)
+    result = run_demo(DemoConfig(broker=topology.broker, count=300, format="json", timeout=120), topology=topology)
     assert result.answered == 300 and result.lost == 0 and result.dead_lettered == 0
     assert set(result.tally.answered) == set(result.sent_ids)
     assert result.accuracy is not None and result.accuracy > card_accuracy(model) - 0.05
-    # What went over the wire really was the original format: JSON {id, image}, no CloudEvents attributes.
+    # What went over the wire really was the JSON form {id, image}, no CloudEvents attributes.
     with open_subscription(topology.subscription(topology.images, unique_name("inspect"))) as inspect:
         message = inspect.receive(timeout=30)
         message.ack()
@@ -208,7 +198,7 @@ def metric(text: str, name: str, labels: str = "") -> float:
 
 
 def test_hostile_messages_go_to_the_dead_letter_topic_and_the_service_stays_up(
-    backend: Any, topology: Topology, model: PredictorModel, unique_name: Any
+    backend: Any, topology: Topology, unique_name: Any
 ) -> None:
     checker_sub = unique_name("checker")
     dlq_sub = unique_name("dlq-reader")
@@ -242,7 +232,9 @@ def test_hostile_messages_go_to_the_dead_letter_topic_and_the_service_stays_up(
         open_subscription(topology.subscription(topology.dead_letters, dlq_sub), **opts) as dead_in,
         open_topic(topology.topic(topology.images)) as images_out,
     ):
-        service = ModelService(config, model, service_in, predictions_out, dead_out, metrics=metrics, health=health)
+        service = ModelService(
+            config, OnnxModelHandler(), service_in, predictions_out, dead_out, metrics=metrics, health=health
+        )
         worker = threading.Thread(target=service.run, args=(stop,), daemon=True)
         worker.start()
         sent_valid: list[str] = []
@@ -299,8 +291,8 @@ def test_hostile_messages_go_to_the_dead_letter_topic_and_the_service_stays_up(
         key = letter.key
         got_reasons[key] = letter.attributes["error"]
         assert letter.attributes["error_detail"]
-        original_ce_id = contract.ce_get(letter.attributes, "id")
-        assert original_ce_id in (None, key)  # the original attributes travel with it
+        assert cloudevents.attribute(letter.attributes, "id") == key  # the request's id, or its key without one
+        assert cloudevents.attribute(letter.attributes, "type") == contract.DEAD_LETTER_TYPE
     assert got_reasons == expected_reason
     empty_letter = next(m for m in letters if m.attributes["error"] == "empty")
     assert empty_letter.data == b""
@@ -319,47 +311,29 @@ def test_hostile_messages_go_to_the_dead_letter_topic_and_the_service_stays_up(
     assert metric(text, "fashionstream_end_to_end_latency_seconds_count") == len(sent_valid)
 
 
-class PoisonedModel:
+class PoisonedHandler(OnnxModelHandler):
     """The real model, except that it raises whenever a batch holds an all-white image.
 
     A stand-in for an input that crashes the runtime: the service must isolate
     it by bisection and still answer its neighbours with real predictions.
     """
 
-    def __init__(self, real: PredictorModel) -> None:
-        self.real = real
-        self.model_id = real.model_id
-        self.card = real.card
-        self.calls = 0
+    calls = 0
 
-        outer = self
-
-        class Handler:
-            def load_model(self) -> PredictorModel:
-                return real
-
-            def run_inference(self, batch: Sequence[Pixels], model: PredictorModel) -> list[Classified]:
-                outer.calls += 1
-                if any(int(p.min()) == 255 for p in batch):
-                    raise RuntimeError("runtime crashed on this input")
-                return [c for c in model.classify(batch) if not isinstance(c, Failed)]
-
-        self._inference: BatchInference[Pixels, Classified, PredictorModel] = BatchInference(Handler())
-
-    def decode(self, request: contract.Request) -> Pixels:
-        return self.real.decode(request)
-
-    def classify(self, batch: Sequence[Pixels]) -> list[Classified | Failed]:
-        return self._inference.run(batch)
+    def run_inference(self, batch: Sequence[Pixels], model: Predictor) -> list[Prediction]:
+        self.calls += 1
+        if any(int(p.min()) == 255 for p in batch):
+            raise RuntimeError("runtime crashed on this input")
+        return super().run_inference(batch, model)
 
 
-def test_a_model_failure_is_isolated_to_its_input(model: PredictorModel, unique_name: Any) -> None:
+def test_a_model_failure_is_isolated_to_its_input(unique_name: Any) -> None:
     topology = Topology("mem://", images=unique_name("images"), predictions=unique_name("predictions"),
                         dead_letters=unique_name("dlq"))  # fmt: skip
     topology.create(
         subscriptions=((topology.images, "svc"), (topology.predictions, "out"), (topology.dead_letters, "dl"))
     )
-    poisoned = PoisonedModel(model)
+    poisoned = PoisonedHandler()
     config = ServiceConfig(broker="mem://", images_topic=topology.images, predictions_topic=topology.predictions,
                            dead_letter_topic=topology.dead_letters, subscription="svc", max_batch_size=32,
                            max_wait_ms=200)  # fmt: skip

@@ -17,11 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from fashionstream.classifier.predictor import Prediction
 from fashionstream.pipeline import contract
-from fashionstream.pipeline.batcher import Failed
-from fashionstream.pipeline.contract import Flavour, Request
-from fashionstream.pipeline.model import Classified, Pixels
-from fashionstream.pipeline.service import ModelService, ServiceConfig
+from fashionstream.pipeline.cloudevents import Flavour
+from fashionstream.pipeline.config import ServiceConfig
+from fashionstream.pipeline.contract import Request
+from fashionstream.pipeline.handler import Pixels
+from fashionstream.pipeline.service import ModelService
+from fashionstream.reasons import InvalidInput, Reason
 
 
 class FakeMessage:
@@ -80,19 +83,25 @@ class HeldSender:
                     future.set_result("ok")
 
 
-class FakeModel:
+class FakeHandler:
     """Every image is class 3; a body of b'bad' is not an image."""
 
-    model_id = "fake@1"
-    card: dict[str, Any] = {}
+    loads = 0
 
-    def decode(self, request: Request) -> Pixels:
+    def load_model(self) -> str:
+        FakeHandler.loads += 1
+        return "fake"
+
+    def model_id(self, model: str) -> str:
+        return "fake@1"
+
+    def to_pixels(self, request: Request) -> Pixels:
         if request.image == b"bad":
-            raise contract.InvalidRequest("not_an_image", "fake: not an image")
+            raise InvalidInput(Reason.NOT_AN_IMAGE, "fake: not an image")
         return np.zeros((28, 28), dtype=np.uint8)
 
-    def classify(self, batch: Sequence[Pixels]) -> list[Classified | Failed]:
-        return [Classified(3, "Dress", 0.9, [0.0, 0.0, 0.0, 0.9, 0.1, 0, 0, 0, 0, 0]) for _ in batch]
+    def run_inference(self, batch: Sequence[Pixels], model: str) -> list[Prediction]:
+        return [Prediction(3, "Dress", 0.9, (0.0, 0.0, 0.0, 0.9, 0.1, 0, 0, 0, 0, 0)) for _ in batch]
 
 
 def wait_for(condition: Any, timeout: float = 5.0) -> bool:
@@ -107,7 +116,10 @@ def wait_for(condition: Any, timeout: float = 5.0) -> bool:
 def make(messages: list[FakeMessage], **config: Any) -> tuple[ModelService, HeldSender, HeldSender]:
     predictions, dead = HeldSender(), HeldSender()
     settings = ServiceConfig(broker="mem://", max_batch_size=4, max_wait_ms=5, **config)
-    return ModelService(settings, FakeModel(), FakeReceiver(messages), predictions, dead), predictions, dead
+    loads = FakeHandler.loads
+    service = ModelService(settings, FakeHandler(), FakeReceiver(messages), predictions, dead)
+    assert FakeHandler.loads == loads + 1  # the service loads its model once, at start
+    return service, predictions, dead
 
 
 def requests(n: int, bad: int | None = None) -> list[FakeMessage]:
@@ -137,7 +149,9 @@ def test_inputs_are_acked_only_after_the_broker_confirms_their_answers() -> None
         stop.set()
         worker.join(timeout=5)
     assert not any(m.nacked for m in messages)
+    assert service.model_id == "fake@1"
     assert [key for _, _, key, _ in predictions.sent] == [f"r{i}" for i in range(10) if i != 6]
+    assert all(b'"model":"fake@1"' in data for data, *_ in predictions.sent)
     letter = dead.sent[0]
     assert letter[1]["error"] == "not_an_image" and letter[0] == b"bad" and letter[2] == "r6"
     assert (
@@ -170,8 +184,8 @@ def test_stop_finishes_the_open_batch_and_leaves_unconfirmed_inputs_unacked() ->
     # A long max_wait: the 3 requests sit in an open batch when the stop comes.
     messages = requests(3)
     predictions, dead = HeldSender(), HeldSender()
-    config = ServiceConfig(broker="mem://", max_batch_size=64, max_wait_ms=60_000, shutdown_timeout_s=0.5)
-    service = ModelService(config, FakeModel(), FakeReceiver(messages), predictions, dead)
+    config = ServiceConfig(broker="mem://", max_batch_size=64, max_wait_ms=60_000, shutdown_timeout=0.5)
+    service = ModelService(config, FakeHandler(), FakeReceiver(messages), predictions, dead)
     stop = threading.Event()
     worker = threading.Thread(target=service.run, args=(stop,))
     worker.start()
@@ -193,7 +207,7 @@ def test_stop_finishes_the_open_batch_and_leaves_unconfirmed_inputs_unacked() ->
     confirmer.join()
     assert not worker.is_alive()
     assert [m.acked for m in messages] == [True, True, False]  # the unconfirmed one will be redelivered
-    assert took < 3.0  # bounded by shutdown_timeout_s (0.5 s), with a wide margin for a busy machine
+    assert took < 3.0  # bounded by shutdown_timeout (0.5 s), with a wide margin for a busy machine
 
 
 def test_repeated_ids_are_counted_as_duplicates_and_still_answered() -> None:

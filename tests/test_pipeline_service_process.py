@@ -31,12 +31,6 @@ REQUESTS = 1200
 RATE = 400.0  # images/s: the stream lasts ~3 s, so the service is stopped while requests are still arriving
 
 
-def broker_url(backend: Any) -> str:
-    if backend.name == "kafka":
-        return f"kafka://{backend.kafka_servers}"
-    return f"gcppubsub://projects/{backend.project}"
-
-
 @pytest.fixture(autouse=True)
 def no_orphans() -> Iterator[None]:
     yield
@@ -50,7 +44,7 @@ def no_orphans() -> Iterator[None]:
 @pytest.fixture
 def topology(external_backend: Any, unique_name: Any) -> Iterator[Topology]:
     made = Topology(
-        broker_url(external_backend),
+        external_backend.broker_url,
         images=unique_name("images"),
         predictions=unique_name("predictions"),
         dead_letters=unique_name("images-dlq"),

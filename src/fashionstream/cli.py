@@ -1,18 +1,30 @@
 """The `fashionstream` command: one entry point, one subcommand per job.
 
-Each subcommand lives in the package that owns it and exposes
-`main(argv: list[str]) -> int`. It is imported only when chosen, so that
-`fashionstream serve` never imports torch and `--help` stays fast.
+Each subcommand lives in the package that owns it and exposes `main(argv: list[str]) -> int`.
+It is imported only when chosen, so that `fashionstream serve` never imports torch and `--help`
+stays fast. Every subcommand runs inside the same error wrapper: a failure the user can cause
+(broker unreachable, topic missing, no model, a missing extra) prints one line that names the
+thing and the fix, and exits 1, instead of a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fashionstream import __version__
+
+if TYPE_CHECKING:
+    from fashionstream.pubsub.errors import PubSubError
+
+log = logging.getLogger("fashionstream")
+
+# Imported by `fashionstream train` / `export` and installed only by the `train` extra.
+_TRAIN_MODULES = frozenset({"torch", "lightning", "jsonargparse", "onnx", "onnxscript", "matplotlib", "yaml"})
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,66 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
 )
 
 
+# --------------------------------------------------------------------------- errors
+
+
+def _broker_error(error: PubSubError) -> str:
+    """A broker error with the hint a command-line user needs: the flag to change (the one table of them).
+
+    Errors without a flag to name (bad credentials: the driver's hint says where they come from) keep
+    the library's own hint.
+    """
+    from fashionstream.pubsub import errors
+
+    flag_hints: tuple[tuple[type[PubSubError], str], ...] = (
+        (errors.NotFound, "pass --create-topics to create the topics and subscriptions, or check their names"),
+        (errors.Unavailable, "check --broker, and that the broker runs and is reachable from here"),
+        (errors.Timeout, "check --broker, and that the broker runs and is reachable from here"),
+    )
+    for kind, hint in flag_hints:
+        if isinstance(error, kind):
+            return f"{error.message} ({hint})"
+    return str(error)
+
+
+def _user_error(command: str, error: BaseException) -> str | None:
+    """One line for a failure the user can cause and fix; None for a bug, which keeps its traceback."""
+    from fashionstream.classifier.card import ModelCardError
+    from fashionstream.classifier.fashion_mnist_files import DatasetError
+    from fashionstream.pubsub.errors import MissingExtra, PubSubError
+
+    if isinstance(error, MissingExtra):
+        return str(error)
+    if isinstance(error, ImportError) and (error.name or "").split(".")[0] in _TRAIN_MODULES:
+        return (
+            f"`fashionstream {command}` needs the training libraries (PyTorch, Lightning), which are not "
+            f"installed ({error.name} is missing); install them with: pip install 'fashionstream[train]'"
+        )
+    if isinstance(error, ImportError) and (error.name or "").split(".")[0] == "onnxruntime":
+        return "serving a model needs ONNX Runtime; install it with: pip install 'fashionstream[serve]'"
+    if isinstance(error, PubSubError):
+        return _broker_error(error)
+    # A missing model or image file, a card that does not fit its model, a missing or corrupt dataset.
+    if isinstance(error, FileNotFoundError | ModelCardError | DatasetError):
+        return str(error)
+    return None
+
+
+def run_subcommand(command: Subcommand, argv: list[str]) -> int:
+    """Run one subcommand inside the error wrapper."""
+    try:
+        return command.run(argv)
+    except KeyboardInterrupt:
+        return 130  # the shell's code for "stopped by Ctrl-C"; the user knows why
+    except Exception as error:
+        message = _user_error(command.name, error)
+        if message is None:
+            raise
+        log.debug("fatal", exc_info=True)
+        print(f"fashionstream {command.name}: error: {message}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fashionstream",
@@ -102,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     by_name = {command.name: command for command in SUBCOMMANDS}
     if args and args[0] in by_name:
-        return by_name[args[0]].run(args[1:])
+        return run_subcommand(by_name[args[0]], args[1:])
     parser = build_parser()
     parser.parse_args(args)  # handles --help / --version / unknown commands and exits
     parser.print_help()

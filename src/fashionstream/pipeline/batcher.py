@@ -1,15 +1,15 @@
 """Micro-batching and batch inference with culprit isolation.
 
 Two pieces, both free of brokers and of any real model so they can be tested
-with a fake clock and a fake model handler (the Apache Beam RunInference idea):
+with a fake clock and a fake inference function (the Apache Beam RunInference idea):
 
 * `MicroBatcher` collects items; a batch closes when it holds `max_batch_size`
   items or when its *oldest* item has waited `max_wait_ms`. It never sleeps or
   starts threads: the caller asks `time_until_due()` how long it may block
   waiting for more input, then calls `take_due()`.
-* `ModelHandler` is the two-method contract a model must meet (load it, run a
-  batch); `BatchInference` runs batches through it and, when a batch fails,
-  bisects it so that one poisonous input fails alone instead of its neighbours.
+* `run_isolating_failures` runs a batch through an inference function and, when
+  the batch fails, bisects it so that one poisonous input fails alone instead of
+  its neighbours.
 """
 
 from __future__ import annotations
@@ -17,14 +17,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 InputT = TypeVar("InputT")
 OutputT = TypeVar("OutputT")
-ModelT = TypeVar("ModelT")
-InputT_contra = TypeVar("InputT_contra", contravariant=True)
-OutputT_co = TypeVar("OutputT_co", covariant=True)
 
 Clock = Callable[[], float]
 
@@ -82,18 +79,6 @@ class MicroBatcher(Generic[T]):
         return batch
 
 
-class ModelHandler(Protocol[InputT_contra, OutputT_co, ModelT]):
-    """What a model must provide to be served: Beam's ModelHandler, reduced to its core."""
-
-    def load_model(self) -> ModelT:
-        """Load the model once, at service start."""
-        ...
-
-    def run_inference(self, batch: Sequence[InputT_contra], model: ModelT) -> Sequence[OutputT_co]:
-        """One output per input, in order. Raise if the batch cannot be processed."""
-        ...
-
-
 @dataclass(frozen=True)
 class Failed:
     """The outcome for one input that failed in the model even when run alone."""
@@ -105,30 +90,23 @@ class Failed:
         return f"{type(self.error).__name__}: {self.error}"
 
 
-class BatchInference(Generic[InputT, OutputT, ModelT]):
-    """Runs batches through a handler; isolates failing inputs by bisection.
+def run_isolating_failures(
+    infer: Callable[[Sequence[InputT]], Sequence[OutputT]], batch: Sequence[InputT]
+) -> list[OutputT | Failed]:
+    """`infer(batch)`, and if the whole batch raises, each half again, down to single inputs.
 
-    If the whole batch raises, it is split in halves and each half retried, down
-    to single items: a batch of n with one bad input costs about 2*log2(n) extra
-    model calls, and every good input still gets its answer.
+    A batch of n with one poisonous input costs about 2*log2(n) extra calls, and every good
+    input still gets its answer; an input that fails alone comes back as `Failed`.
     """
-
-    def __init__(self, handler: ModelHandler[InputT, OutputT, ModelT]) -> None:
-        self.handler = handler
-        self.model = handler.load_model()
-        self.model_calls = 0
-
-    def run(self, batch: Sequence[InputT]) -> list[OutputT | Failed]:
-        if not batch:
-            return []
-        self.model_calls += 1
-        try:
-            outputs = list(self.handler.run_inference(batch, self.model))
-            if len(outputs) != len(batch):
-                raise RuntimeError(f"model returned {len(outputs)} outputs for {len(batch)} inputs")
-            return list(outputs)
-        except Exception as error:  # noqa: BLE001 - any model failure is isolated, never fatal
-            if len(batch) == 1:
-                return [Failed(error)]
-        middle = len(batch) // 2
-        return self.run(batch[:middle]) + self.run(batch[middle:])
+    if not batch:
+        return []
+    try:
+        outputs = list(infer(batch))
+        if len(outputs) != len(batch):
+            raise RuntimeError(f"model returned {len(outputs)} outputs for {len(batch)} inputs")
+        return list(outputs)
+    except Exception as error:  # noqa: BLE001 - any model failure is isolated, never fatal
+        if len(batch) == 1:
+            return [Failed(error)]
+    middle = len(batch) // 2
+    return run_isolating_failures(infer, batch[:middle]) + run_isolating_failures(infer, batch[middle:])

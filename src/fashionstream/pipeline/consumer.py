@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from fashionstream.pipeline import contract
-from fashionstream.pipeline.contract import Prediction
+from fashionstream.pipeline.cloudevents import parse_time
+from fashionstream.pipeline.contract import PredictionEvent
 
 
 def percentiles(values: list[float], points: tuple[int, ...] = (50, 95, 99)) -> dict[str, float]:
@@ -34,7 +35,7 @@ class Tally:
 
     expected: Mapping[str, int] = field(default_factory=dict)
     sent_at: Mapping[str, datetime] = field(default_factory=dict)  # latency origin when a prediction lacks one
-    answered: dict[str, Prediction] = field(default_factory=dict)
+    answered: dict[str, PredictionEvent] = field(default_factory=dict)
     duplicates: int = 0
     invalid: int = 0
     correct: int = 0
@@ -43,22 +44,22 @@ class Tally:
     first_at: float | None = None
     last_at: float | None = None
 
-    def add(self, prediction: Prediction, received: datetime | None = None) -> bool:
+    def add(self, event: PredictionEvent, received: datetime | None = None) -> bool:
         """Record one prediction; False if its id was already answered (a duplicate)."""
         now = time.perf_counter()
-        if prediction.id in self.answered:
+        if event.id in self.answered:
             self.duplicates += 1
             return False
-        self.answered[prediction.id] = prediction
+        self.answered[event.id] = event
         self.first_at = self.first_at if self.first_at is not None else now
         self.last_at = now
-        expected = prediction.expected_label
+        expected = event.expected_label
         if expected is None:
-            expected = self.expected.get(prediction.id)
+            expected = self.expected.get(event.id)
         if expected is not None:
             self.scored += 1
-            self.correct += int(expected == prediction.label)
-        sent = contract.parse_time(prediction.request_time) or self.sent_at.get(prediction.id)
+            self.correct += int(expected == event.prediction.label)
+        sent = parse_time(event.request_time) or self.sent_at.get(event.id)
         if sent is not None:
             delta = ((received or datetime.now(UTC)) - sent).total_seconds() * 1000.0
             self.latencies_ms.append(max(0.0, delta))
@@ -78,7 +79,7 @@ def read_predictions(
     *,
     until: Callable[[], bool],
     idle_timeout: float | None,
-    on_new: Callable[[Prediction], None] | None = None,
+    on_new: Callable[[PredictionEvent], None] | None = None,
     batch: int = 500,
 ) -> None:
     """Receive and ack predictions until `until()` or nothing arrived for `idle_timeout` seconds."""
@@ -106,11 +107,11 @@ def table_header() -> str:
     return f"{'id':<36}  {'label':<12} {'conf':>6}  {'expected':<12} {'ok':<2}"
 
 
-def table_row(prediction: Prediction, class_names: tuple[str, ...] | None = None) -> str:
-    expected = prediction.expected_label
+def table_row(event: PredictionEvent, class_names: tuple[str, ...] | None = None) -> str:
+    expected, prediction = event.expected_label, event.prediction
     expected_name = "" if expected is None else (class_names[expected] if class_names else str(expected))
-    ok = "" if expected is None else ("✓" if expected == prediction.label else "✗")
+    ok = "" if expected is None else ("✓" if event.correct else "✗")
     return (
-        f"{prediction.id[:36]:<36}  {prediction.class_name[:12]:<12} {prediction.confidence:6.3f}  "
+        f"{event.id[:36]:<36}  {prediction.class_name[:12]:<12} {prediction.confidence:6.3f}  "
         f"{expected_name[:12]:<12} {ok}"
     )

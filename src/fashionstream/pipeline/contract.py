@@ -2,50 +2,52 @@
 
 Three kinds of message, documented for users in docs/pipeline.md:
 
-* **request** on topic ``images`` -- CloudEvents 1.0 *binary* content mode: the
-  body is the image itself (PNG/JPEG, or 784 raw grey bytes with content type
-  ``application/octet-stream``) and the event's context attributes travel as
-  message metadata: Kafka headers ``ce_id``, ``ce_type`` ... (Kafka protocol
-  binding) or Pub/Sub attributes ``ce-id``, ``ce-type`` ... (Google Cloud Pub/Sub
-  binding); ``content-type`` carries ``datacontenttype`` in both. The record key
-  is the request id. ``expected_label`` (0-9) may ride along for evaluation.
-  Clients of the original system may instead send a JSON body
-  ``{"id": ..., "image": "<base64 PNG>"}`` with no CloudEvents attributes.
-* **prediction** on topic ``predictions`` -- a JSON body (see `Prediction`), with
-  CloudEvents attributes of its own and the request's id as key.
-* **dead letter** on topic ``images.dlq`` -- the original body and attributes plus
-  ``error`` (a short machine-readable reason) and ``error_detail``.
+* **request** on topic ``images``, one of
+  - a CloudEvent in *binary* mode: the body is the image itself (PNG/JPEG, or 784 raw grey bytes
+    with content type ``application/octet-stream``) and the context attributes are message
+    metadata (``ce_id`` on Kafka, ``ce-id`` on Pub/Sub, see `cloudevents`); ``content-type``
+    carries ``datacontenttype``;
+  - a CloudEvent in *structured* mode: content type ``application/cloudevents+json``, the body a
+    JSON event with the image in ``data_base64``;
+  - the JSON form ``{"id": ..., "image": "<base64 PNG>"}`` with no CloudEvents attributes.
+  The record key is the request id. ``expected_label`` (0-9) may ride along for evaluation.
+* **prediction** on topic ``predictions``: a JSON body (`PredictionEvent`) with CloudEvents
+  attributes of its own and the request's id as key.
+* **dead letter** on topic ``images.dlq``: the original body and attributes, typed as a dead
+  letter, plus ``error`` (a `Reason`) and ``error_detail``.
 
-This module only turns bytes + attributes into typed values and back. It never
-decodes images (that is the classifier's `Predictor.to_pixels`) and never
-unpickles or evaluates anything: JSON and base64 are the only parsers used.
+This module turns bytes + attributes into typed values and back. It never decodes images (the
+classifier's `Predictor.to_pixels` does) and never unpickles or evaluates anything: JSON and
+base64 are the only parsers it uses.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import enum
 import json
 import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
+from fashionstream.classifier.predictor import Prediction
+from fashionstream.pipeline import cloudevents
+from fashionstream.pipeline.cloudevents import CONTENT_TYPE, SPEC_VERSION, Flavour, attribute, now_rfc3339
+from fashionstream.reasons import InvalidInput, Reason
+
 CONTRACT_VERSION = "1"
-SPEC_VERSION = "1.0"
 REQUEST_TYPE = "dev.fashionstream.image.v1"
 PREDICTION_TYPE = "dev.fashionstream.prediction.v1"
 DEAD_LETTER_TYPE = "dev.fashionstream.deadletter.v1"
 DEFAULT_SOURCE = "fashionstream/producer"
 SERVICE_SOURCE = "fashionstream/model-service"
 
-CONTENT_TYPE = "content-type"  # the datacontenttype header/attribute name in both bindings
 EXPECTED_LABEL = "expected_label"  # not a CloudEvents extension: `_` is not allowed in CE attribute names
 ERROR = "error"
 ERROR_DETAIL = "error_detail"
+ORIGINAL_TYPE = "original_type"  # a dead letter's request `type`, which the dead-letter type replaces
 # Pub/Sub caps attribute values at 1024 bytes; detail messages are cut well below that.
 MAX_DETAIL_CHARS = 500
 
@@ -59,78 +61,12 @@ DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024  # a Fashion-MNIST PNG is < 1 KB; anythin
 MAX_ID_CHARS = 256
 
 
-class Flavour(enum.Enum):
-    """How CloudEvents attributes are spelled on a broker: the one thing that differs."""
-
-    KAFKA = "ce_"  # Kafka protocol binding: headers `ce_<attribute>`
-    PUBSUB = "ce-"  # Google Cloud Pub/Sub binding: attributes `ce-<attribute>`
-
-    @property
-    def prefix(self) -> str:
-        return self.value
-
-    @classmethod
-    def for_broker(cls, broker_url: str) -> Flavour:
-        """kafka:// speaks the Kafka binding; gcppubsub:// and the embedded mem:// the Pub/Sub one."""
-        return cls.KAFKA if broker_url.lower().startswith("kafka:") else cls.PUBSUB
-
-
-class Reason(enum.StrEnum):
-    """Machine-readable reasons a request goes to the dead-letter topic."""
-
-    EMPTY = "empty"
-    TOO_LARGE = "too_large"
-    BAD_JSON = "bad_json"
-    BAD_ATTRIBUTES = "bad_attributes"
-    UNSUPPORTED_CONTENT_TYPE = "unsupported_content_type"
-    NOT_AN_IMAGE = "not_an_image"
-    TRUNCATED = "truncated"
-    BAD_SHAPE = "bad_shape"
-    MODEL_ERROR = "model_error"
-
-
-class InvalidRequest(ValueError):
-    """A request that can never be answered; it goes to the dead-letter topic with `reason`."""
-
-    def __init__(self, reason: Reason | str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = str(reason)
-        self.detail = detail
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def parse_time(text: str | None) -> datetime | None:
-    """Parse a CloudEvents `time` (RFC 3339); None when absent or unparseable (latency is then unknown)."""
-    if not text:
-        return None
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def ce_get(attributes: Mapping[str, str], name: str) -> str | None:
-    """A CloudEvents attribute under either binding's spelling (inputs may come from anywhere)."""
-    for prefix in ("ce_", "ce-"):
-        value = attributes.get(prefix + name)
-        if value is not None:
-            return value
-    return None
-
-
-def has_cloudevents(attributes: Mapping[str, str]) -> bool:
-    return ce_get(attributes, "specversion") is not None or ce_get(attributes, "id") is not None
+class InvalidRequest(InvalidInput):
+    """A request that can never be answered; it goes to the dead-letter topic with its `reason`."""
 
 
 def new_request_id() -> str:
     return str(uuid.uuid4())
-
-
-# --------------------------------------------------------------------------- requests
 
 
 @dataclass(frozen=True)
@@ -142,6 +78,9 @@ class EncodedMessage:
     key: str | None
 
 
+# --------------------------------------------------------------------------- requests
+
+
 @dataclass(frozen=True)
 class Request:
     """A decoded request: the image bytes still undecoded (the classifier owns image parsing)."""
@@ -151,8 +90,8 @@ class Request:
     content_type: str
     expected_label: int | None = None
     time: str | None = None
-    source: str | None = None
-    legacy_json: bool = False
+    json_form: bool = False  # sent as {"id", "image"} JSON rather than as a CloudEvent
+    trace: Mapping[str, str] = field(default_factory=dict)  # traceparent / tracestate, passed to the answer
 
     @property
     def raw(self) -> bool:
@@ -169,7 +108,7 @@ def encode_request(
     source: str = DEFAULT_SOURCE,
     time: str | None = None,
 ) -> EncodedMessage:
-    """A request in CloudEvents binary mode for `flavour`'s broker."""
+    """A request in CloudEvents binary mode, spelled for `flavour`'s broker."""
     rid = request_id or new_request_id()
     p = flavour.prefix
     attributes = {
@@ -185,25 +124,19 @@ def encode_request(
     return EncodedMessage(image, attributes, rid)
 
 
-def encode_legacy_request(image_png: bytes, request_id: str | None = None) -> EncodedMessage:
-    """The original system's format: `{"id": ..., "image": "<base64 PNG>"}`, no attributes."""
+def encode_json_request(image_png: bytes, request_id: str | None = None) -> EncodedMessage:
+    """The JSON form: `{"id": ..., "image": "<base64 PNG>"}`, no attributes."""
     rid = request_id or new_request_id()
     body = json.dumps({"id": rid, "image": base64.b64encode(image_png).decode("ascii")}).encode()
     return EncodedMessage(body, {}, rid)
 
 
-def _content_type(raw_value: str | None) -> str:
-    # "image/png; charset=..." -> "image/png"; media types are case-insensitive.
-    return (raw_value or "").split(";", 1)[0].strip().lower()
-
-
-def _expected_label(attributes: Mapping[str, str]) -> int | None:
-    text = attributes.get(EXPECTED_LABEL)
-    if text is None:
+def _expected_label(text: object) -> int | None:
+    if isinstance(text, bool):
         return None
     try:
-        label = int(text)
-    except ValueError:
+        label = int(text)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
         return None  # evaluation metadata only: a bad value must not cost the request its answer
     return label if 0 <= label <= 9 else None
 
@@ -222,51 +155,58 @@ def decode_request(
     *,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> Request:
-    """Validate a request's envelope; raise `InvalidRequest` with a reason for anything unanswerable.
-
-    CloudEvents attributes are accepted under both spellings (`ce_` and `ce-`), so a
-    message bridged from one broker to the other still decodes.
-    """
+    """Validate a request's envelope; raise `InvalidRequest` with a reason for anything unanswerable."""
     if len(data) > max_message_bytes:
         raise InvalidRequest(
             Reason.TOO_LARGE,
             f"message body is {len(data)} bytes; the limit is {max_message_bytes} (--max-message-bytes)",
         )
-    if has_cloudevents(attributes):
-        rid = _check_id(ce_get(attributes, "id"))
-        content_type = _content_type(attributes.get(CONTENT_TYPE) or ce_get(attributes, "datacontenttype"))
-        if not data:
-            raise InvalidRequest(Reason.EMPTY, "the message body is empty; expected an image")
-        if content_type == JSON:
-            legacy = _decode_legacy(data)
-            return Request(
-                rid,
-                legacy.image,
-                PNG,
-                _expected_label(attributes),
-                ce_get(attributes, "time"),
-                ce_get(attributes, "source"),
-                legacy_json=True,
-            )
-        if content_type and content_type not in ACCEPTED_IMAGE_TYPES:
-            raise InvalidRequest(
-                Reason.UNSUPPORTED_CONTENT_TYPE,
-                f"content type {content_type!r} is not one of {', '.join(ACCEPTED_IMAGE_TYPES)}",
-            )
-        return Request(
-            rid,
-            data,
-            content_type or PNG,
-            _expected_label(attributes),
-            ce_get(attributes, "time"),
-            ce_get(attributes, "source"),
-        )
+    content_type = cloudevents.content_type(attributes)
+    if content_type == cloudevents.STRUCTURED_CONTENT_TYPE:
+        return _decode_structured(data, attributes)
+    if cloudevents.has_cloudevents(attributes):
+        return _decode_binary(data, attributes, content_type)
     if not data:
         raise InvalidRequest(Reason.EMPTY, "the message body is empty and it has no CloudEvents attributes")
-    return _decode_legacy(data, _expected_label(attributes))
+    return _decode_json_form(data, _expected_label(attributes.get(EXPECTED_LABEL)))
 
 
-def _decode_legacy(data: bytes, expected_label: int | None = None) -> Request:
+def _decode_binary(data: bytes, attributes: Mapping[str, str], content_type: str) -> Request:
+    rid = _check_id(attribute(attributes, "id"))
+    if not data:
+        raise InvalidRequest(Reason.EMPTY, "the message body is empty; expected an image")
+    label = _expected_label(attributes.get(EXPECTED_LABEL))
+    time, trace = attribute(attributes, "time"), cloudevents.trace_context(attributes)
+    if content_type == JSON:
+        json_form = _decode_json_form(data)
+        return Request(rid, json_form.image, PNG, label, time, json_form=True, trace=trace)
+    return Request(rid, data, _image_type(content_type), label, time, trace=trace)
+
+
+def _decode_structured(data: bytes, attributes: Mapping[str, str]) -> Request:
+    try:
+        event = cloudevents.parse_structured(data)
+    except cloudevents.StructuredModeError as error:
+        raise InvalidRequest(Reason.BAD_JSON, str(error)) from error
+    rid = _check_id(event.attributes.get("id"))
+    if not event.data:
+        raise InvalidRequest(Reason.EMPTY, "data_base64 is empty; expected an image")
+    label = _expected_label(attributes.get(EXPECTED_LABEL, event.extensions.get(EXPECTED_LABEL)))
+    trace = {k: v for k, v in event.attributes.items() if k in cloudevents.TRACE_ATTRIBUTES}
+    content_type = cloudevents.media_type(event.attributes.get("datacontenttype"))
+    return Request(rid, event.data, _image_type(content_type), label, event.attributes.get("time"), trace=trace)
+
+
+def _image_type(content_type: str) -> str:
+    if content_type and content_type not in ACCEPTED_IMAGE_TYPES:
+        raise InvalidRequest(
+            Reason.UNSUPPORTED_CONTENT_TYPE,
+            f"content type {content_type!r} is not one of {', '.join(ACCEPTED_IMAGE_TYPES)}",
+        )
+    return content_type or PNG
+
+
+def _decode_json_form(data: bytes, expected_label: int | None = None) -> Request:
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -276,7 +216,7 @@ def _decode_legacy(data: bytes, expected_label: int | None = None) -> Request:
         ) from error
     if not isinstance(doc, dict) or "image" not in doc or "id" not in doc:
         raise InvalidRequest(Reason.BAD_JSON, 'the JSON body must be an object with "id" and "image" (base64 PNG)')
-    rid = _check_id(doc["id"]) if isinstance(doc["id"], str) else _check_id(str(doc["id"]))
+    rid = _check_id(doc["id"] if isinstance(doc["id"], str) else str(doc["id"]))
     if not isinstance(doc["image"], str):
         raise InvalidRequest(Reason.BAD_JSON, '"image" must be a base64 string')
     try:
@@ -285,35 +225,24 @@ def _decode_legacy(data: bytes, expected_label: int | None = None) -> Request:
         raise InvalidRequest(Reason.BAD_JSON, f'"image" is not valid base64: {error}') from error
     if not image:
         raise InvalidRequest(Reason.EMPTY, '"image" is empty')
-    label = expected_label
-    if label is None and isinstance(doc.get("expected_label"), int) and 0 <= doc["expected_label"] <= 9:
-        label = doc["expected_label"]
-    return Request(
-        rid, image, PNG, label, doc.get("time") if isinstance(doc.get("time"), str) else None, legacy_json=True
-    )
-
-
-def fallback_id(data: bytes, attributes: Mapping[str, str], key: str | None, message_id: str) -> str:
-    """Best id for a message that could not be decoded: its CE id, key, or the broker's id."""
-    return ce_get(attributes, "id") or key or message_id
+    label = expected_label if expected_label is not None else _expected_label(doc.get(EXPECTED_LABEL))
+    time = doc.get("time") if isinstance(doc.get("time"), str) else None
+    return Request(rid, image, PNG, label, time, json_form=True)
 
 
 # --------------------------------------------------------------------------- predictions
 
 
 @dataclass(frozen=True)
-class Prediction:
-    """The body of a message on `predictions` (JSON).
+class PredictionEvent:
+    """The body of a message on `predictions`: the model's `Prediction` for one request, with provenance.
 
-    `expected_label` and `request_time` are copied from the request so that a
-    consumer can score accuracy and latency without remembering what was sent.
+    `expected_label` and `request_time` are copied from the request so that a consumer can score
+    accuracy and latency without remembering what was sent.
     """
 
     id: str
-    label: int
-    class_name: str
-    confidence: float
-    probabilities: list[float]
+    prediction: Prediction
     model: str
     expected_label: int | None = None
     request_time: str | None = None
@@ -322,16 +251,17 @@ class Prediction:
 
     @property
     def correct(self) -> bool | None:
-        return None if self.expected_label is None else self.expected_label == self.label
+        return None if self.expected_label is None else self.expected_label == self.prediction.label
 
     def to_json(self) -> bytes:
+        p = self.prediction
         return json.dumps(
             {
                 "id": self.id,
-                "label": self.label,
-                "class_name": self.class_name,
-                "confidence": round(self.confidence, 6),
-                "probabilities": [round(p, 6) for p in self.probabilities],
+                "label": p.label,
+                "class_name": p.class_name,
+                "confidence": round(p.confidence, 6),
+                "probabilities": [round(x, 6) for x in p.probabilities],
                 "model": self.model,
                 "expected_label": self.expected_label,
                 "request_time": self.request_time,
@@ -342,20 +272,30 @@ class Prediction:
         ).encode()
 
 
-def encode_prediction(prediction: Prediction, flavour: Flavour, source: str = SERVICE_SOURCE) -> EncodedMessage:
+def answer(request: Request, prediction: Prediction, model: str) -> PredictionEvent:
+    """The prediction event that answers `request`."""
+    return PredictionEvent(request.id, prediction, model, request.expected_label, request.time)
+
+
+def encode_prediction(
+    event: PredictionEvent, flavour: Flavour, *, trace: Mapping[str, str] | None = None, source: str = SERVICE_SOURCE
+) -> EncodedMessage:
     """A prediction event. Its CE id is the request id: with its own `source`, (source, id) is unique
-    per request, and a re-sent prediction after a crash is recognisably the same event."""
+    per request, and a re-sent prediction after a crash is recognisably the same event. `trace`
+    (the request's traceparent / tracestate) continues the request's distributed trace."""
     p = flavour.prefix
     attributes = {
         f"{p}specversion": SPEC_VERSION,
-        f"{p}id": prediction.id,
+        f"{p}id": event.id,
         f"{p}type": PREDICTION_TYPE,
         f"{p}source": source,
-        f"{p}subject": prediction.id,
-        f"{p}time": prediction.predicted_at,
+        f"{p}subject": event.id,
+        f"{p}time": event.predicted_at,
         CONTENT_TYPE: JSON,
     }
-    return EncodedMessage(prediction.to_json(), attributes, prediction.id)
+    for name, value in (trace or {}).items():
+        attributes[f"{p}{name}"] = value
+    return EncodedMessage(event.to_json(), attributes, event.id)
 
 
 def _number(value: Any, name: str) -> float:
@@ -364,7 +304,7 @@ def _number(value: Any, name: str) -> float:
     return float(value)
 
 
-def decode_prediction(data: bytes) -> Prediction:
+def decode_prediction(data: bytes) -> PredictionEvent:
     """Parse and validate a prediction body; ValueError with the field name on anything off."""
     doc = json.loads(data)
     if not isinstance(doc, dict):
@@ -379,12 +319,15 @@ def decode_prediction(data: bytes) -> Prediction:
     if not isinstance(probabilities, list) or len(probabilities) != 10:
         raise ValueError("prediction field 'probabilities' must be a list of 10 numbers")
     expected = doc.get("expected_label")
-    return Prediction(
-        id=str(doc["id"]),
+    prediction = Prediction(
         label=label,
         class_name=str(doc["class_name"]),
         confidence=_number(doc["confidence"], "confidence"),
-        probabilities=[_number(p, "probabilities") for p in probabilities],
+        probabilities=tuple(_number(p, "probabilities") for p in probabilities),
+    )
+    return PredictionEvent(
+        id=str(doc["id"]),
+        prediction=prediction,
         model=str(doc["model"]),
         expected_label=expected if isinstance(expected, int) else None,
         request_time=doc.get("request_time") if isinstance(doc.get("request_time"), str) else None,
@@ -400,19 +343,33 @@ def encode_dead_letter(
     data: bytes,
     attributes: Mapping[str, str],
     key: str | None,
-    reason: str,
+    reason: Reason,
     detail: str,
     *,
+    flavour: Flavour,
+    message_id: str = "",
     max_body_bytes: int | None = None,
 ) -> EncodedMessage:
-    """The original body and attributes plus `error` and `error_detail`.
+    """The original body and attributes as a dead-letter event, plus `error` and `error_detail`.
 
-    With `max_body_bytes`, a body larger than that is cut (and `body_truncated`
-    says by how much) so that an oversize request still leaves a trace on
-    brokers whose own limit it exceeds.
+    The dead letter is a CloudEvent of its own type (the request's type moves to `original_type`),
+    keeping the request's id (or, for input without one, its key or the broker's message id) so
+    that whoever sent it can match it. With `max_body_bytes`, a larger body is cut (and
+    `body_truncated` says by how much) so that an oversize request still leaves a trace on brokers
+    whose own limit it exceeds.
     """
+    p = flavour.prefix
     out = dict(attributes)
-    out[ERROR] = reason
+    original_type = attribute(attributes, "type")
+    if original_type is not None:
+        out[ORIGINAL_TYPE] = original_type
+    out[f"{p}type"] = DEAD_LETTER_TYPE
+    out.setdefault(f"{p}specversion", SPEC_VERSION)
+    if attribute(out, "id") is None:
+        out[f"{p}id"] = key or message_id
+    if attribute(out, "source") is None:
+        out[f"{p}source"] = SERVICE_SOURCE
+    out[ERROR] = str(reason)
     out[ERROR_DETAIL] = detail[:MAX_DETAIL_CHARS]
     out["error_time"] = now_rfc3339()
     body = data
@@ -420,22 +377,3 @@ def encode_dead_letter(
         out["body_truncated"] = f"{len(body)} bytes cut to {max_body_bytes}"
         body = body[:max_body_bytes]
     return EncodedMessage(body, out, key)
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    data: bytes
-    attributes: dict[str, str]
-    key: str | None
-
-    @property
-    def reason(self) -> str:
-        return self.attributes.get(ERROR, "")
-
-    @property
-    def detail(self) -> str:
-        return self.attributes.get(ERROR_DETAIL, "")
-
-    @property
-    def request_id(self) -> str | None:
-        return ce_get(self.attributes, "id") or self.key

@@ -1,9 +1,8 @@
 """The whole pipeline in one process: produce N test images, serve them, consume the answers.
 
-On `mem://` (the default) nothing else is needed; with `kafka://...` or
-`gcppubsub://projects/P` the same run goes through the real broker, creating
-topics and subscriptions first. The consumer and dead-letter readers use
-subscriptions unique to the run, so old messages from earlier runs do not count.
+On `mem://` (the default) nothing else is needed; with a real broker the same run goes
+through it, creating topics and subscriptions first. The consumer and dead-letter readers
+use subscriptions unique to the run, so old messages from earlier runs do not count.
 """
 
 from __future__ import annotations
@@ -14,16 +13,19 @@ import math
 import threading
 import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from fashionstream.pipeline import contract
+from fashionstream.pipeline import cloudevents
+from fashionstream.pipeline.config import DemoConfig
 from fashionstream.pipeline.consumer import Tally, read_predictions
+from fashionstream.pipeline.handler import ModelHandler, OnnxModelHandler
 from fashionstream.pipeline.metrics import ServiceMetrics
-from fashionstream.pipeline.model import PredictorModel, ServingModel
-from fashionstream.pipeline.producer import ProduceSummary, labelled_test_images, produce
-from fashionstream.pipeline.service import ModelService, ServiceConfig
+from fashionstream.pipeline.producer import ProduceSummary, SourceImage, labelled_test_images, produce
+from fashionstream.pipeline.service import ModelService
 from fashionstream.pipeline.topology import Topology
+from fashionstream.pubsub import Publisher, Subscriber, admin, open_subscription, open_topic
 
 log = logging.getLogger("fashionstream.demo")
 
@@ -62,108 +64,136 @@ class DemoResult:
         }
 
 
+@dataclass
+class _Clients:
+    """The six clients of a demo run: the service's three, the producer's, and the two readers."""
+
+    service_in: Subscriber
+    predictions_out: Publisher
+    dead_out: Publisher
+    images_out: Publisher
+    predictions_in: Subscriber
+    dead_in: Subscriber
+
+
 def run_demo(
-    broker: str = "mem://",
+    config: DemoConfig,
     *,
-    count: int = 2000,
-    model: ServingModel | None = None,
-    model_path: str | None = None,
-    max_batch_size: int = 64,
-    max_wait_ms: float = 20.0,
-    fmt: str = "cloudevents",
-    rate: float | None = None,
-    timeout: float = 120.0,
+    topology: Topology | None = None,
+    handler: ModelHandler[Any] | None = None,
     progress: Any | None = None,
     metrics: ServiceMetrics | None = None,
-    topology: Topology | None = None,
-    subscriber_options: dict[str, object] | None = None,
 ) -> DemoResult:
-    """Run the demo; `topology` overrides the standard topic names (tests use unique ones)."""
-    from fashionstream.pubsub import open_subscription, open_topic
-
+    """Run the demo described by `config`; `topology` overrides the standard topic names (tests use unique ones)."""
     run_id = uuid.uuid4().hex[:8]
-    base = topology or Topology(broker)
-    broker = base.broker
+    base = topology or Topology(config.broker)
     topology = dataclasses.replace(base, consumer_subscription=f"{base.consumer_subscription}-demo-{run_id}")
-    sub_options = subscriber_options or {}
     dlq_subscription = f"{topology.dead_letters.replace('.', '-')}-demo-{run_id}"
     topology.create(
         subscriptions=(
             (topology.images, topology.service_subscription),
             (topology.predictions, topology.consumer_subscription),
             (topology.dead_letters, dlq_subscription),
+        ),
+        options=config.admin_options(),
+    )
+    images = list(labelled_test_images(config.count))  # encoded before the clock starts: the demo times the pipeline
+    try:
+        with ExitStack() as stack:
+            clients = _open_clients(stack, config, topology, dlq_subscription)
+            return _run(config, topology, clients, handler or OnnxModelHandler(config.model, threads=config.threads),
+                        images, progress, metrics)  # fmt: skip
+    finally:
+        _delete_quietly(
+            config.admin_options(),
+            topology.predictions_subscription_url,
+            topology.subscription(topology.dead_letters, dlq_subscription),
         )
+
+
+def _open_clients(stack: ExitStack, config: DemoConfig, topology: Topology, dlq_subscription: str) -> _Clients:
+    sub, pub = config.subscriber_options(), config.publisher_options()
+    return _Clients(
+        service_in=stack.enter_context(open_subscription(topology.images_subscription_url, **sub)),
+        predictions_out=stack.enter_context(open_topic(topology.topic(topology.predictions), **pub)),
+        dead_out=stack.enter_context(open_topic(topology.topic(topology.dead_letters), **pub)),
+        images_out=stack.enter_context(open_topic(topology.topic(topology.images), **pub)),
+        predictions_in=stack.enter_context(open_subscription(topology.predictions_subscription_url, **sub)),
+        dead_in=stack.enter_context(
+            open_subscription(topology.subscription(topology.dead_letters, dlq_subscription), **sub)
+        ),
     )
-    serving = model or PredictorModel(model_path)
-    config = ServiceConfig(
-        broker=broker,
-        images_topic=topology.images,
-        predictions_topic=topology.predictions,
-        dead_letter_topic=topology.dead_letters,
-        subscription=topology.service_subscription,
-        max_batch_size=max_batch_size,
-        max_wait_ms=max_wait_ms,
-    )
+
+
+def _run(
+    config: DemoConfig,
+    topology: Topology,
+    clients: _Clients,
+    handler: ModelHandler[Any],
+    images: list[SourceImage],
+    progress: Any | None,
+    metrics: ServiceMetrics | None,
+) -> DemoResult:
+    """Start the service and the producer on threads, read answers until all are in, stop the service."""
+    service = ModelService(
+        config.service_config(topology), handler, clients.service_in, clients.predictions_out, clients.dead_out,
+        metrics=metrics,
+    )  # fmt: skip
     stop = threading.Event()
-    images = list(labelled_test_images(count))  # encode PNGs before the clock starts: the demo times the pipeline
+    worker = threading.Thread(target=service.run, args=(stop,), name="model-service", daemon=True)
+    worker.start()
+    started = time.perf_counter()
+    live = ProduceSummary()  # filled while sending: the reader needs ids, labels and send times as they go
+    done_sending = threading.Event()
 
-    with (
-        open_subscription(topology.images_subscription_url, **sub_options) as service_in,
-        open_topic(topology.topic(topology.predictions)) as predictions_out,
-        open_topic(topology.topic(topology.dead_letters)) as dead_out,
-        open_subscription(topology.predictions_subscription_url, **sub_options) as predictions_in,
-        open_subscription(topology.subscription(topology.dead_letters, dlq_subscription), **sub_options) as dead_in,
-        open_topic(topology.topic(topology.images)) as images_out,
-    ):
-        service = ModelService(config, serving, service_in, predictions_out, dead_out, metrics=metrics)
-        worker = threading.Thread(target=service.run, args=(stop,), name="model-service", daemon=True)
-        worker.start()
+    def send() -> None:
+        try:
+            produce(clients.images_out, images, topology.flavour, fmt=config.format, rate=config.rate,
+                    progress=progress, summary=live)  # fmt: skip
+        finally:
+            done_sending.set()
 
-        started = time.perf_counter()
-        summary_box: dict[str, Any] = {}
-        live = ProduceSummary()
+    sender = threading.Thread(target=send, name="producer", daemon=True)
+    sender.start()
+    tally = Tally(expected=live.expected, sent_at=live.sent_at)
+    dead_ids = _collect_answers(clients, tally, live, done_sending, deadline=time.monotonic() + config.timeout)
+    elapsed = (tally.last_at or time.perf_counter()) - started
+    sender.join(timeout=5)
+    stop.set()
+    worker.join(timeout=10)
+    return _result(live if done_sending.is_set() else ProduceSummary(), tally, dead_ids, service.model_id, elapsed)
 
-        def send() -> None:
-            summary_box["summary"] = produce(
-                images_out, images, topology.flavour, fmt=fmt, rate=rate, progress=progress, summary=live
-            )
 
-        sender = threading.Thread(target=send, name="producer", daemon=True)
-        sender.start()
-        tally = Tally(expected=live.expected, sent_at=live.sent_at)
-        dead_ids: set[str] = set()
-        deadline = time.monotonic() + timeout
+def _collect_answers(
+    clients: _Clients, tally: Tally, live: ProduceSummary, done_sending: threading.Event, deadline: float
+) -> set[str]:
+    """Read predictions and dead letters until every sent id has one of them (or the deadline); the dead ids."""
+    dead_ids: set[str] = set()
 
-        def done() -> bool:
-            summary: ProduceSummary | None = summary_box.get("summary")
-            if time.monotonic() > deadline:
-                return True
-            if summary is None:
-                return False
-            mine = set(summary.ids)
-            answered = sum(1 for i in tally.answered if i in mine)
-            return answered + len(dead_ids & mine) >= summary.sent
+    def done() -> bool:
+        if time.monotonic() > deadline:
+            return True
+        if not done_sending.is_set():
+            return False
+        mine = set(live.ids)
+        answered = sum(1 for i in tally.answered if i in mine)
+        return answered + len(dead_ids & mine) >= live.sent
 
-        while not done():
-            read_predictions(predictions_in, tally, until=done, idle_timeout=0.25)
-            for message in dead_in.receive_batch(max_messages=500, timeout=0.05):
-                dead_ids.add(contract.ce_get(message.attributes, "id") or message.key or message.id)
-                message.ack()
-        elapsed_end = tally.last_at or time.perf_counter()
-        sender.join(timeout=5)
-        stop.set()
-        worker.join(timeout=10)
+    while not done():
+        read_predictions(clients.predictions_in, tally, until=done, idle_timeout=0.25)
+        for message in clients.dead_in.receive_batch(max_messages=500, timeout=0.05):
+            dead_ids.add(cloudevents.attribute(message.attributes, "id") or message.key or message.id)
+            message.ack()
+    return dead_ids
 
-    _delete_quietly(
-        topology.predictions_subscription_url, topology.subscription(topology.dead_letters, dlq_subscription)
-    )
-    summary = summary_box.get("summary")
-    sent_ids = set(summary.ids) if summary else set()
-    expected = live.expected
+
+def _result(summary: ProduceSummary, tally: Tally, dead_ids: set[str], model_id: str, elapsed: float) -> DemoResult:
+    sent_ids = set(summary.ids)
     answered_ids = {i for i in tally.answered if i in sent_ids}
-    correct = sum(1 for i in answered_ids if tally.answered[i].label == expected.get(i, -1))
+    expected = summary.expected
+    correct = sum(1 for i in answered_ids if tally.answered[i].prediction.label == expected.get(i, -1))
     scored = sum(1 for i in answered_ids if i in expected)
-    seconds = max(1e-9, elapsed_end - started)
+    seconds = max(1e-9, elapsed)
     return DemoResult(
         sent=len(sent_ids),
         answered=len(answered_ids),
@@ -173,20 +203,18 @@ def run_demo(
         accuracy=correct / scored if scored else None,
         throughput_img_s=len(answered_ids) / seconds,
         latency_ms=tally.latency(),
-        model=serving.model_id,
+        model=model_id,
         seconds=seconds,
         tally=tally,
-        sent_ids=list(summary.ids) if summary else [],
+        sent_ids=list(summary.ids),
         dead_letter_ids=dead_ids,
     )
 
 
-def _delete_quietly(*subscription_urls: str) -> None:
+def _delete_quietly(options: dict[str, Any], *subscription_urls: str) -> None:
     """Remove the run's own subscriptions so they do not pile up messages on a real broker."""
-    from fashionstream.pubsub import admin
-
     for url in subscription_urls:
         try:
-            admin.delete_subscription(url)
+            admin.delete_subscription(url, **options)
         except Exception as error:  # noqa: BLE001 - clean-up only; the demo's result stands
             log.debug("could not delete %s: %s", url, error)

@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -22,8 +23,20 @@ _INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
+@dataclass
+class ServiceStats:
+    """A service's counts at one moment, read from its Prometheus counters (counted there only)."""
+
+    received: int = 0
+    predicted: int = 0
+    dead_lettered: dict[str, int] = field(default_factory=dict)
+    acked: int = 0
+    nacked: int = 0
+    duplicates: int = 0
+
+
 class ServiceMetrics:
-    """The model service's counters and histograms."""
+    """The model service's counters and histograms: the one count of everything the service does."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -60,6 +73,21 @@ class ServiceMetrics:
             registry=r,
         )
         self.in_flight = Gauge("fashionstream_in_flight", "Requests received but not yet acked", registry=r)
+
+    def stats(self) -> ServiceStats:
+        """The counters as plain numbers (for summaries and tests)."""
+
+        def count(name: str) -> int:
+            return int(self.registry.get_sample_value(name) or 0)
+
+        return ServiceStats(
+            received=count("fashionstream_messages_in_total"),
+            predicted=count("fashionstream_predictions_out_total"),
+            dead_lettered=self.dead_letter_counts(),
+            acked=count("fashionstream_acked_total"),
+            nacked=count("fashionstream_nacked_total"),
+            duplicates=count("fashionstream_duplicates_total"),
+        )
 
     def dead_letter_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from fashionstream.pipeline import contract
-from fashionstream.pipeline.contract import Flavour
+from fashionstream.pipeline.cloudevents import Flavour
 
 IMAGE_SUFFIXES = {".png": contract.PNG, ".jpg": contract.JPEG, ".jpeg": contract.JPEG}
 
@@ -101,8 +101,9 @@ class ProduceSummary:
 
 
 def encode(image: SourceImage, flavour: Flavour, fmt: str, request_id: str | None = None) -> contract.EncodedMessage:
-    if fmt == "seed-json":
-        return contract.encode_legacy_request(image.data, request_id)
+    """`image` as a request in format `fmt` ("cloudevents" or "json", see `config.REQUEST_FORMATS`)."""
+    if fmt == "json":
+        return contract.encode_json_request(image.data, request_id)
     return contract.encode_request(
         image.data,
         flavour,

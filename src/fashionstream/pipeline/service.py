@@ -10,7 +10,10 @@ duplicate carries the same id and CloudEvents id, so consumers can drop it.
 
 Hostile inputs never stop the loop: anything that cannot be decoded goes to the
 dead-letter topic with a reason, and a batch that fails in the model is bisected
-until the failing input is alone (`BatchInference`).
+until the failing input is alone (`run_isolating_failures`).
+
+The model is reached through one `ModelHandler` (load, decode an image, run a batch);
+everything around it (batching, bisection, metrics, dead letters) is the service's.
 """
 
 from __future__ import annotations
@@ -23,16 +26,18 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from fashionstream.pipeline import contract
-from fashionstream.pipeline.batcher import Failed, MicroBatcher
-from fashionstream.pipeline.contract import InvalidRequest, Prediction, Reason, Request
-from fashionstream.pipeline.metrics import Health, ServiceMetrics
-from fashionstream.pipeline.model import Pixels, ServingModel
-from fashionstream.pipeline.topology import Topology
+from fashionstream.pipeline.batcher import Failed, MicroBatcher, run_isolating_failures
+from fashionstream.pipeline.cloudevents import parse_time
+from fashionstream.pipeline.config import ServiceConfig
+from fashionstream.pipeline.contract import Request
+from fashionstream.pipeline.handler import ModelHandler, Pixels
+from fashionstream.pipeline.metrics import Health, ServiceMetrics, ServiceStats
+from fashionstream.reasons import InvalidInput, Reason
 
 log = logging.getLogger("fashionstream.serve")
 
@@ -66,41 +71,12 @@ class Receiver(Protocol):
 
 
 @dataclass
-class ServiceConfig:
-    """Every `fashionstream serve` option (each also settable as FASHIONSTREAM_<NAME>)."""
-
-    broker: str = "mem://"
-    images_topic: str = "images"
-    predictions_topic: str = "predictions"
-    dead_letter_topic: str = "images.dlq"
-    subscription: str = "model-service"
-    max_batch_size: int = 64
-    max_wait_ms: float = 20.0
-    max_message_bytes: int = contract.DEFAULT_MAX_MESSAGE_BYTES
-    # Publishes in flight before the loop stops pulling and waits for confirmations (backpressure).
-    max_in_flight: int = 512
-    poll_timeout_s: float = 0.1  # longest receive wait; bounds how fast a stop signal is noticed
-    shutdown_timeout_s: float = 4.0  # the issue's "exit within 5 s" with a margin for closing clients
-    publish_timeout_s: float = 30.0
-    create_topics: bool = False
-
-    def topology(self) -> Topology:
-        return Topology(
-            self.broker,
-            images=self.images_topic,
-            predictions=self.predictions_topic,
-            dead_letters=self.dead_letter_topic,
-            service_subscription=self.subscription,
-        )
-
-
-@dataclass
 class _Pending:
     """An input whose answer is being published; acked once `future` resolves."""
 
     message: InboundMessage
     future: Future[str]
-    kind: str  # "prediction" or a dead-letter reason
+    reason: Reason | None  # None for a prediction, else why it was dead-lettered
     request_time: datetime | None
 
 
@@ -111,23 +87,13 @@ class _Item:
     pixels: Pixels
 
 
-@dataclass
-class ServiceStats:
-    received: int = 0
-    predicted: int = 0
-    dead_lettered: dict[str, int] = field(default_factory=dict)
-    acked: int = 0
-    nacked: int = 0
-    duplicates: int = 0
-
-
 class ModelService:
     """Runs the pipeline loop over already-open clients (the CLI and the demo open them)."""
 
     def __init__(
         self,
         config: ServiceConfig,
-        model: ServingModel,
+        handler: ModelHandler[Any],
         subscriber: Receiver,
         predictions: Sender,
         dead_letters: Sender,
@@ -137,20 +103,25 @@ class ModelService:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self.model = model
+        self.handler = handler
+        self.model = handler.load_model()
+        self.model_id = handler.model_id(self.model)
         self.subscriber = subscriber
         self.predictions = predictions
         self.dead_letters = dead_letters
         self.metrics = metrics or ServiceMetrics()
         self.health = health or Health()
-        self.health.detail = {"model": model.model_id}
+        self.health.detail = {"model": self.model_id}
         self.flavour = config.topology().flavour
-        self.stats = ServiceStats()
         self._batcher: MicroBatcher[_Item] = MicroBatcher(config.max_batch_size, config.max_wait_ms, clock)
         self._pending: deque[_Pending] = deque()
         # Ids answered recently, to count (not suppress) duplicates: at-least-once means re-answering is correct.
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._seen_cap = 200_000
+
+    @property
+    def stats(self) -> ServiceStats:
+        return self.metrics.stats()
 
     # ------------------------------------------------------------------ loop
 
@@ -160,7 +131,7 @@ class ModelService:
         log.info(
             "serving",
             extra={
-                "model": self.model.model_id,
+                "model": self.model_id,
                 "broker": self.config.broker,
                 "batch": self.config.max_batch_size,
                 "wait_ms": self.config.max_wait_ms,
@@ -170,7 +141,7 @@ class ModelService:
         while not stop.is_set():
             self.health.beat()
             due_in = self._batcher.time_until_due()
-            timeout = self.config.poll_timeout_s if due_in is None else min(due_in, self.config.poll_timeout_s)
+            timeout = self.config.poll_timeout if due_in is None else min(due_in, self.config.poll_timeout)
             try:
                 messages = self.subscriber.receive_batch(max_messages=self._batcher.room, timeout=timeout)
                 backoff = 0.0
@@ -193,7 +164,7 @@ class ModelService:
     def _shutdown(self) -> None:
         """Stop pulling (the caller did), finish and publish the open batch, ack what the broker confirms."""
         self.health.stopping = True
-        deadline = time.monotonic() + self.config.shutdown_timeout_s
+        deadline = time.monotonic() + self.config.shutdown_timeout
         last = self._batcher.flush()
         if last:
             self._process(last)
@@ -207,12 +178,12 @@ class ModelService:
         if self._pending:
             # Not acked -> the broker redelivers them to the next instance: late, never lost.
             log.warning("%d answers unconfirmed at shutdown; their requests will be redelivered", len(self._pending))
-        log.info("stopped", extra={"received": self.stats.received, "acked": self.stats.acked})
+        stats = self.stats
+        log.info("stopped", extra={"received": stats.received, "acked": stats.acked})
 
     # ------------------------------------------------------------------ steps
 
     def _accept(self, message: InboundMessage) -> list[_Item] | None:
-        self.stats.received += 1
         self.metrics.messages_in.inc()
         self.metrics.in_flight.inc()
         if (message.delivery_attempt or 1) > 1:
@@ -221,8 +192,8 @@ class ModelService:
             request = contract.decode_request(
                 message.data, message.attributes, max_message_bytes=self.config.max_message_bytes
             )
-            pixels = self.model.decode(request)
-        except InvalidRequest as error:
+            pixels = self.handler.to_pixels(request)
+        except InvalidInput as error:
             self._dead_letter(message, error.reason, error.detail)
             return None
         except Exception as error:  # noqa: BLE001 - an unforeseen decoder failure is still a bad input
@@ -233,7 +204,6 @@ class ModelService:
 
     def _note_id(self, request_id: str) -> None:
         if request_id in self._seen:
-            self.stats.duplicates += 1
             self.metrics.duplicates.inc()
             self._seen.move_to_end(request_id)
             return
@@ -243,7 +213,9 @@ class ModelService:
 
     def _process(self, batch: list[_Item]) -> None:
         started = time.perf_counter()
-        outcomes = self.model.classify([item.pixels for item in batch])
+        outcomes = run_isolating_failures(
+            lambda pixels: self.handler.run_inference(pixels, self.model), [item.pixels for item in batch]
+        )
         self.metrics.inference_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(batch))
         for item, outcome in zip(batch, outcomes, strict=True):
@@ -251,32 +223,25 @@ class ModelService:
                 log.warning("model failed on request %s alone: %s", item.request.id, outcome.detail)
                 self._dead_letter(item.message, Reason.MODEL_ERROR, outcome.detail)
                 continue
-            prediction = Prediction(
-                id=item.request.id,
-                label=outcome.label,
-                class_name=outcome.class_name,
-                confidence=outcome.confidence,
-                probabilities=outcome.probabilities,
-                model=self.model.model_id,
-                expected_label=item.request.expected_label,
-                request_time=item.request.time,
-            )
-            encoded = contract.encode_prediction(prediction, self.flavour)
+            event = contract.answer(item.request, outcome, self.model_id)
+            encoded = contract.encode_prediction(event, self.flavour, trace=item.request.trace)
             future = self._send(self.predictions, encoded)
-            self._pending.append(_Pending(item.message, future, "prediction", contract.parse_time(item.request.time)))
+            self._pending.append(_Pending(item.message, future, None, parse_time(item.request.time)))
 
-    def _dead_letter(self, message: InboundMessage, reason: str, detail: str) -> None:
+    def _dead_letter(self, message: InboundMessage, reason: Reason, detail: str) -> None:
         log.info("dead letter", extra={"reason": str(reason), "detail": detail[:200], "message_id": message.id})
         encoded = contract.encode_dead_letter(
             message.data,
             message.attributes,
             message.key,
-            str(reason),
+            reason,
             detail,
+            flavour=self.flavour,
+            message_id=message.id,
             max_body_bytes=self.config.max_message_bytes,
         )
         future = self._send(self.dead_letters, encoded)
-        self._pending.append(_Pending(message, future, str(reason), None))
+        self._pending.append(_Pending(message, future, reason, None))
 
     def _send(self, sender: Sender, encoded: contract.EncodedMessage) -> Future[str]:
         try:
@@ -294,7 +259,7 @@ class ModelService:
         """
         if block and self._pending:
             with contextlib.suppress(FutureTimeout):
-                self._pending[0].future.exception(timeout=timeout or self.config.publish_timeout_s)
+                self._pending[0].future.exception(timeout=timeout or self.config.publish_timeout)
         still: deque[_Pending] = deque()
         failures: list[BaseException] = []
         for pending in self._pending:
@@ -306,21 +271,17 @@ class ModelService:
             if error is not None:
                 failures.append(error)
                 self._settle(pending.message.nack)
-                self.stats.nacked += 1
                 self.metrics.nacked.inc()
                 continue
             self._settle(pending.message.ack)
-            self.stats.acked += 1
             self.metrics.acked.inc()
-            if pending.kind == "prediction":
-                self.stats.predicted += 1
+            if pending.reason is None:
                 self.metrics.messages_out.inc()
                 if pending.request_time is not None:
                     latency = (datetime.now(UTC) - pending.request_time).total_seconds()
                     self.metrics.latency_seconds.observe(max(0.0, latency))
             else:
-                self.stats.dead_lettered[pending.kind] = self.stats.dead_lettered.get(pending.kind, 0) + 1
-                self.metrics.dead_lettered.labels(reason=pending.kind).inc()
+                self.metrics.dead_lettered.labels(reason=str(pending.reason)).inc()
         self._pending = still
         if failures:
             # One line per turn, not per message: a broker outage would otherwise flood the log.

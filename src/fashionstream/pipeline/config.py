@@ -1,0 +1,237 @@
+"""The configuration of every pipeline command, each default written once.
+
+`serve`, `produce`, `consume` and `demo` are configured by the dataclasses below. Each field
+is at once a Python attribute, a command-line flag, a FASHIONSTREAM_* variable and a key of a
+`--config` TOML file (see `options`). Groups shared by several commands (broker and client
+options, model, batching, logging) are written once and mixed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from fashionstream.pipeline import contract
+from fashionstream.pipeline.logs import LOG_FORMATS, LOG_LEVELS
+from fashionstream.pipeline.options import option
+from fashionstream.pipeline.topology import (
+    CONSUMER_SUBSCRIPTION,
+    DEAD_LETTERS,
+    IMAGES,
+    PREDICTIONS,
+    SERVICE_SUBSCRIPTION,
+    Topology,
+)
+from fashionstream.pubsub import broker_url_help
+
+BROKER_HELP = f"broker URL: {broker_url_help()}"
+REQUEST_FORMATS = ("cloudevents", "json")
+REQUEST_FORMAT_HELP = (
+    "cloudevents: CloudEvents binary mode, the image as the body; json: the JSON form "
+    '{"id": ..., "image": "<base64 PNG>"} without attributes'
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BrokerConfig:
+    """Where the broker is and the credentials every client needs: the same for every command."""
+
+    TITLE: ClassVar[str] = "broker"
+    FIRST: ClassVar[bool] = True  # listed first in --help: nothing works without it
+
+    broker: str = option("", BROKER_HELP, required=True, metavar="URL")
+    client_option: dict[str, Any] = option(
+        {}, "native client option for every client, e.g. security.protocol=SASL_SSL or sasl.username=NAME"
+    )
+
+    def admin_options(self) -> dict[str, Any]:
+        """Keyword options for `fashionstream.pubsub.admin` (creating topics needs the same credentials)."""
+        return dict(self.client_option)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PublisherConfig(BrokerConfig):
+    TITLE: ClassVar[str] = "broker"
+
+    publisher_option: dict[str, Any] = option(
+        {}, "option for the publishers only: portable (linger=0.01) or native (compression.type=lz4)"
+    )
+
+    def publisher_options(self) -> dict[str, Any]:
+        """Keyword options for `open_topic`: the shared client options, then the publisher's own."""
+        return {**self.client_option, **self.publisher_option}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubscriberConfig(BrokerConfig):
+    TITLE: ClassVar[str] = "broker"
+
+    subscriber_option: dict[str, Any] = option(
+        {}, "option for the subscribers only: portable (ack_deadline=60) or native (session.timeout.ms=6000)"
+    )
+
+    def subscriber_options(self) -> dict[str, Any]:
+        """Keyword options for `open_subscription`: the shared client options, then the subscriber's own."""
+        return {**self.client_option, **self.subscriber_option}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientConfig(PublisherConfig, SubscriberConfig):
+    """Both kinds of client: a command that publishes and subscribes."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Which exported model answers, and how many CPU threads it may use."""
+
+    TITLE: ClassVar[str] = "model"
+    model: str | None = option(None, "ONNX model file or its .card.json", default_text="the shipped model")
+    threads: int | None = option(
+        None, "ONNX Runtime intra-op threads", minimum=1, default_text="the predictor's choice for this machine"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchConfig:
+    """Micro-batching: a batch closes when it is full or when its oldest image has waited long enough."""
+
+    TITLE: ClassVar[str] = "micro-batching"
+    max_batch_size: int = option(64, "images per model call at most", minimum=1)
+    max_wait_ms: float = option(20.0, "longest time the oldest image of a batch waits for the batch to fill", minimum=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoggingConfig:
+    TITLE: ClassVar[str] = "logging"
+
+    log_format: str = option("text", "log line format on stderr; json: one object per line", choices=LOG_FORMATS)
+    log_level: str = option("info", "least important log level shown", choices=LOG_LEVELS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientLoggingConfig(LoggingConfig):
+    """The client commands print their own results; only warnings and errors go to the log."""
+
+    TITLE: ClassVar[str] = "logging"
+    log_level: str = option("warning", "least important log level shown", choices=LOG_LEVELS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceConfig(ClientConfig, ModelConfig, BatchConfig, LoggingConfig):
+    """Every `fashionstream serve` option."""
+
+    TITLE: ClassVar[str] = "service"
+
+    images_topic: str = option(IMAGES, "topic the requests arrive on")
+    predictions_topic: str = option(PREDICTIONS, "topic the predictions go to")
+    dead_letter_topic: str = option(DEAD_LETTERS, "topic unanswerable requests go to, with the reason")
+    subscription: str = option(
+        SERVICE_SUBSCRIPTION, "Kafka consumer group / Pub/Sub subscription; replicas sharing it split the work"
+    )
+    max_message_bytes: int = option(
+        contract.DEFAULT_MAX_MESSAGE_BYTES, "larger requests are dead-lettered as too_large", minimum=1
+    )
+    max_in_flight: int = option(
+        512, "answers awaiting broker confirmation before the service stops taking new requests", minimum=1
+    )
+    metrics_port: int = option(9100, "port of /metrics and /healthz; 0 picks a free one", minimum=0)
+    metrics_host: str = option("0.0.0.0", "address /metrics and /healthz listen on")
+    # Kubernetes' default grace period is 30 s and the service promises to exit within 5 s of
+    # SIGTERM: 4 s to finish the open batch leave a margin for closing the broker clients.
+    shutdown_timeout: float = option(4.0, "seconds to finish the in-flight batch after SIGTERM/SIGINT", minimum=0)
+    publish_timeout: float = option(30.0, "seconds an answer may wait for broker confirmation", above=0)
+    create_topics: bool = option(
+        False, "create the images, predictions and dead-letter topics and the subscription if missing"
+    )
+    # Not an option: the longest receive wait, which bounds how fast a stop signal is noticed.
+    poll_timeout: float = 0.1
+
+    def topology(self) -> Topology:
+        return Topology(
+            self.broker,
+            images=self.images_topic,
+            predictions=self.predictions_topic,
+            dead_letters=self.dead_letter_topic,
+            service_subscription=self.subscription,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProduceConfig(PublisherConfig, ClientLoggingConfig):
+    """Every `fashionstream produce` option."""
+
+    TITLE: ClassVar[str] = "producing"
+
+    topic: str = option(IMAGES, "topic to send the images to")
+    source: tuple[str, ...] = option(
+        ("test",), "'test' (the Fashion-MNIST test split, with labels) or image files / directories", metavar="SOURCE"
+    )
+    count: int | None = option(None, "how many images; files are repeated to reach it", minimum=1, default_text="all")
+    rate: float | None = option(None, "images per second", above=0, default_text="flat out")
+    format: str = option("cloudevents", REQUEST_FORMAT_HELP, choices=REQUEST_FORMATS)
+    create_topics: bool = option(False, "create the topic if missing")
+    progress: bool = option(True, "show a progress bar on stderr")
+    ids_file: str | None = option(None, "write the sent ids to this file, one per line")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsumeConfig(SubscriberConfig, ClientLoggingConfig):
+    """Every `fashionstream consume` option."""
+
+    TITLE: ClassVar[str] = "consuming"
+
+    topic: str = option(PREDICTIONS, "topic to read predictions from")
+    subscription: str = option(CONSUMER_SUBSCRIPTION, "Kafka consumer group / Pub/Sub subscription")
+    jsonl: bool = option(False, "print one JSON prediction per line instead of a table")
+    count: int | None = option(None, "stop after this many distinct predictions", minimum=1, default_text="never")
+    timeout: float | None = option(
+        None, "stop after this many seconds without a new prediction", above=0, default_text="never"
+    )
+    create_topics: bool = option(False, "create the topic and the subscription if missing")
+    quiet: bool = option(False, "print only the summary")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoConfig(ClientConfig, ModelConfig, BatchConfig, ClientLoggingConfig):
+    """Every `fashionstream demo` option."""
+
+    TITLE: ClassVar[str] = "demo run"
+
+    broker: str = option("mem://", BROKER_HELP, metavar="URL")
+    count: int = option(2000, "test images to send", minimum=1)
+    rate: float | None = option(None, "images per second", above=0, default_text="all at once")
+    format: str = option("cloudevents", REQUEST_FORMAT_HELP, choices=REQUEST_FORMATS)
+    timeout: float = option(120.0, "give up after this many seconds", above=0)
+    json: bool = option(False, "print one JSON object instead of the text summary")
+
+    def service_config(self, topology: Topology) -> ServiceConfig:
+        """The configuration of the demo's own model service on `topology`."""
+        return ServiceConfig(
+            broker=topology.broker,
+            client_option=self.client_option,
+            publisher_option=self.publisher_option,
+            subscriber_option=self.subscriber_option,
+            model=self.model,
+            threads=self.threads,
+            max_batch_size=self.max_batch_size,
+            max_wait_ms=self.max_wait_ms,
+            images_topic=topology.images,
+            predictions_topic=topology.predictions,
+            dead_letter_topic=topology.dead_letters,
+            subscription=topology.service_subscription,
+        )
+
+
+COMMANDS: dict[str, type] = {
+    "serve": ServiceConfig,
+    "produce": ProduceConfig,
+    "consume": ConsumeConfig,
+    "demo": DemoConfig,
+}
+
+if __name__ == "__main__":
+    # `python -m fashionstream.pipeline.config` prints the option tables of docs/pipeline.md.
+    from fashionstream.pipeline.options import options_markdown
+
+    for command, config_class in COMMANDS.items():
+        print(f"<!-- options: {command} -->\n{options_markdown(config_class)}\n<!-- options: end -->\n")
