@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
                     dead_letters=f"images-dlq-{suffix}",
                     service_subscription=f"model-service-{suffix}",
                 )
-                config = DemoConfig(broker=broker, count=args.count, max_batch_size=size, rate=args.rate, timeout=300)
+                config = DemoConfig(
+                    broker=broker, source="test", count=args.count, max_batch_size=size, rate=args.rate, timeout=300
+                )
                 result = run_demo(config, topology=topology, handler=handler)
                 _delete(topology)
                 doc = result.as_dict()

@@ -1,7 +1,7 @@
 """Predictor throughput: images/s at batch 1, 32 and 256, ONNX Runtime vs torch eager, same run.
 
     python bench/predictor.py                          # the shipped model, 2 threads each
-    python bench/predictor.py --model models/fashion-cnn.onnx --seconds 5 --threads 2
+    python bench/predictor.py --model src/fashionstream/models/fashion-cnn.onnx --seconds 5 --threads 2
     python bench/predictor.py --seconds 0.3 --output /tmp/predictor.json   # a quick check, results kept
 
 Both paths start from uint8 (N, 28, 28) test images and include normalisation and softmax, so

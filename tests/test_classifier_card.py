@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from fashionstream.classifier.card import ModelCard, ModelCardError
+from fashionstream.classifier.predictor import shipped_model_path
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "models" / "fashion-cnn.card.json"
+SHIPPED = shipped_model_path().with_name("fashion-cnn.card.json")
 CARDS = [SHIPPED, *sorted((REPO / "bench" / "results" / "exports").glob("*.card.json"))]
 
 

@@ -17,13 +17,19 @@ from PIL import Image
 
 from fashionstream.classifier.card import ModelCard
 from fashionstream.classifier.fashion_mnist_files import CLASS_NAMES, load_split
-from fashionstream.classifier.predictor import InvalidImageError, ModelNotFoundError, Prediction, Predictor
+from fashionstream.classifier.predictor import (
+    InvalidImageError,
+    ModelNotFoundError,
+    Prediction,
+    Predictor,
+    shipped_model_path,
+)
 from fashionstream.reasons import InvalidInput, Reason
 
 
 @pytest.fixture(scope="module")
 def predictor() -> Predictor:
-    return Predictor.load()  # the committed models/fashion-cnn.onnx + card
+    return Predictor.load()  # the shipped fashion-cnn.onnx + card, package data of fashionstream.models
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +142,7 @@ def test_huge_image_is_refused_from_its_header_without_decoding(predictor: Predi
 def test_card_or_onnx_path_and_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shipped = Predictor.load()
     onnx_path = Path(shipped.card.onnx_file)
-    models = Path(__file__).resolve().parents[1] / "models"
+    models = shipped_model_path().parent
     for name in (onnx_path.name, onnx_path.name.replace(".onnx", ".card.json")):
         shutil.copy(models / name, tmp_path / name)
     by_card = Predictor.load(tmp_path / onnx_path.name.replace(".onnx", ".card.json"), threads=1)

@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Streaming Fashion-MNIST image classification over Kafka, Google Cloud Pub/Sub "
         "or an embedded broker. Run `fashionstream COMMAND --help` for a command's options.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Quick start: `fashionstream demo` classifies 2,000 test images through the embedded broker.",
+        epilog="Quick start: `fashionstream demo` classifies 1,000 test images (shipped with the package) "
+        "through the embedded broker.",
     )
     parser.add_argument("--version", action="version", version=f"fashionstream {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

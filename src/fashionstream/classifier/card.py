@@ -1,6 +1,6 @@
 """The model card: the JSON file beside every exported model, as one typed `ModelCard`.
 
-    card = ModelCard.read("models/fashion-cnn.card.json")
+    card = ModelCard.read("src/fashionstream/models/fashion-cnn.card.json")   # or Predictor.load().card
     card.class_names, card.input.mean, card.test.accuracy, card.macs
 
 `fashionstream export` builds a `ModelCard` and writes it; the Predictor, `fashionstream evaluate`,

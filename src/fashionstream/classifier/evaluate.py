@@ -1,7 +1,7 @@
 """`fashionstream evaluate`: accuracy of an exported model on the full 10 k Fashion-MNIST test set.
 
-    fashionstream evaluate                       # the shipped models/fashion-cnn.onnx
-    fashionstream evaluate --model models/fashion-cnn.onnx --json
+    fashionstream evaluate                       # the shipped model (package data, fashionstream.models)
+    fashionstream evaluate --model models/my-cnn.onnx --json
 
 Runs through the same `Predictor` (ONNX Runtime, no torch) that the model service uses and prints
 accuracy, per-class accuracy and images/s; `--json` prints one JSON object with `accuracy`,

@@ -13,6 +13,10 @@ is baked in only with `--tta true` (it doubles the MACs); the card says which.
 
 The steps, one function each: `resolve_checkpoint` → `read_checkpoint` / `module_from_checkpoint` →
 `serving_net` → `export_onnx` / `export_torchscript` → `score_onnx` → `build_card`.
+
+Serve an exported model with `--model <output_dir>/<name>.onnx` or $FASHIONSTREAM_MODEL. The default
+model is package data (`fashionstream.models`): to replace it, export into `src/fashionstream/models`
+with `--name fashion-cnn` and rebuild the wheel.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ Look-up order for the directory holding the files (first one that has all four w
 2. ``$FASHION_MNIST_DIR``;
 3. the user cache, ``~/.cache/fashionstream/fashion-mnist``;
 4. Debian's ``dataset-fashion-mnist`` package, ``/usr/share/datasets/fashion-mnist``;
-5. otherwise the files are downloaded into the user cache (see `download`).
+5. otherwise the files are downloaded into the user cache (see `download`) from the mirrors in
+   ``$FASHION_MNIST_MIRRORS`` (base URLs separated by spaces or commas, tried in order) or else `MIRRORS`.
 
 Files may be gzip-compressed (``*.gz``) or plain. Checksums are taken over the *decompressed*
 bytes because Debian re-compresses the archives, so the ``.gz`` hashes differ from upstream's
@@ -21,10 +22,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
+import sys
 import time
+import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -48,7 +53,14 @@ Split = Literal["train", "test"]
 
 CACHE_DIR = Path("~/.cache/fashionstream/fashion-mnist").expanduser()
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-MIRROR_URL = "https://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+# Tried in order. The first is the dataset's own S3 bucket through its website endpoint, which serves
+# plain HTTP only; the second, the raw files of the zalandoresearch/fashion-mnist repository. Plain
+# HTTP is safe here because every file is checked against the SHA-256 values below before it is kept.
+MIRRORS: tuple[str, ...] = (
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+)
+MIRRORS_ENV = "FASHION_MNIST_MIRRORS"
 
 # IDX magic numbers: 0x00000803 (uint8, 3 dims) for images, 0x00000801 (uint8, 1 dim) for labels.
 IMAGE_MAGIC = 2051
@@ -149,7 +161,7 @@ def find_data_dir(data_dir: str | Path | None = None) -> Path:
 
 def _read_bytes(path: Path) -> bytes:
     try:
-        if path.name.endswith((".gz", ".gz.part")):
+        if path.name.endswith(".gz"):
             with gzip.open(path, "rb") as fh:
                 return fh.read()
         return path.read_bytes()
@@ -157,24 +169,37 @@ def _read_bytes(path: Path) -> bytes:
         raise DatasetError(f"cannot read {path}: {exc}; delete it so that it is fetched again") from exc
 
 
-def _check(path: Path, spec: IdxFile, data: bytes) -> None:
-    """Raise DatasetError unless `data` is exactly the expected file."""
+_REFETCH = "delete it so that it is fetched again"
+
+
+def _check(source: str | Path, spec: IdxFile, data: bytes, fix: str = _REFETCH) -> None:
+    """Raise DatasetError unless `data` is exactly the expected file; messages start with `source`."""
     if len(data) < 8:
-        raise DatasetError(f"{path} is truncated: {len(data)} bytes, expected {spec.size}")
+        raise DatasetError(f"{source} is truncated: {len(data)} bytes, expected {spec.size}")
     magic, count = int.from_bytes(data[0:4], "big"), int.from_bytes(data[4:8], "big")
     if magic != spec.magic or count != spec.count:
         raise DatasetError(
-            f"{path} is not {spec.stem}: IDX header says magic {magic} with {count} items, "
+            f"{source} is not {spec.stem}: IDX header says magic {magic} with {count} items, "
             f"expected magic {spec.magic} with {spec.count} items"
         )
     if len(data) != spec.size:
-        raise DatasetError(f"{path} has {len(data)} bytes once decompressed, expected {spec.size}")
+        raise DatasetError(f"{source} has {len(data)} bytes once decompressed, expected {spec.size}")
     digest = hashlib.sha256(data).hexdigest()
     if digest != spec.sha256:
         raise DatasetError(
-            f"{path} is corrupt: SHA-256 of the decompressed content is {digest}, expected {spec.sha256}; "
-            "delete it so that it is fetched again"
+            f"{source} is corrupt: SHA-256 of the decompressed content is {digest}, expected {spec.sha256}; {fix}"
         )
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """uint8 images (N, 28, 28) or labels (N,) as the content of an IDX file (the inverse of `read_idx`)."""
+    if array.ndim == 3:
+        header = [IMAGE_MAGIC, *array.shape]
+    elif array.ndim == 1:
+        header = [LABEL_MAGIC, len(array)]
+    else:
+        raise ValueError(f"IDX files here hold (N, 28, 28) images or (N,) labels, not shape {array.shape}")
+    return b"".join(n.to_bytes(4, "big") for n in header) + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
 
 
 def read_idx(path: Path, spec: IdxFile) -> np.ndarray:
@@ -197,37 +222,95 @@ def load_split(split: Split, data_dir: str | Path | None = None) -> tuple[np.nda
     return read_idx(image_path, image_spec), read_idx(label_path, label_spec)
 
 
-# --- download (the last resort; cannot be exercised offline) --------------------------------------
+# --- download (the last resort) -------------------------------------------------------------------
 
 
-def download(target: Path, base_url: str = MIRROR_URL, attempts: int = 4) -> Path:
-    """Fetch the four .gz files into `target` with retries and a progress bar, verifying each."""
+def configured_mirrors() -> tuple[str, ...]:
+    """The base URLs to download from: $FASHION_MNIST_MIRRORS (spaces or commas between them) or `MIRRORS`."""
+    urls = os.environ.get(MIRRORS_ENV, "").replace(",", " ").split()
+    return tuple(url if url.endswith("/") else url + "/" for url in urls) or MIRRORS
+
+
+class _Unavailable(Exception):
+    """A mirror that answers it does not have the file (HTTP 4xx): asking it again would not help."""
+
+
+def _fetch(url: str, partial: Path, timeout: float) -> None:
+    """Stream `url` into `partial` with a progress bar on stderr."""
     from tqdm import tqdm  # only needed here
 
+    try:
+        response = urllib.request.urlopen(url, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if 400 <= exc.code < 500:
+            raise _Unavailable(f"{url}: HTTP {exc.code} {exc.reason}") from exc
+        raise
+    with response, open(partial, "wb") as out:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        name = partial.name.removesuffix(".part")
+        with tqdm(total=total, unit="B", unit_scale=True, desc=name, file=sys.stderr) as bar:
+            while chunk := response.read(1 << 16):
+                out.write(chunk)
+                bar.update(len(chunk))
+
+
+def _fetch_verified(url: str, spec: IdxFile, final: Path, timeout: float) -> None:
+    """Download `url` to `final`, keeping nothing unless its decompressed content is `spec`."""
+    partial = final.with_name(final.name + ".part")
+    try:
+        _fetch(url, partial, timeout)
+        try:
+            content = gzip.decompress(partial.read_bytes())
+        except (OSError, EOFError, zlib.error) as exc:  # a truncated or damaged archive
+            raise DatasetError(f"{url} is not a complete gzip file: {exc}") from exc
+        _check(url, spec, content, fix="the mirror serves a different file")
+        partial.replace(final)  # only a verified file ever gets its final name
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def download(
+    target: Path,
+    mirrors: Sequence[str] | None = None,
+    *,
+    attempts: int = 3,
+    backoff: float = 2.0,
+    timeout: float = 60.0,
+) -> Path:
+    """Fetch the four .gz files into `target`, verifying each before it gets its final name.
+
+    Each mirror (default: `configured_mirrors()`) is tried in order. A transfer that fails (no
+    connection, a timeout, a reset) is tried `attempts` times on that mirror, waiting `backoff`,
+    2 × `backoff`, ... seconds in between; a mirror that lacks the file or serves one that fails
+    verification is not asked again. A file that fails verification leaves nothing behind.
+    """
+    urls = tuple(mirrors) if mirrors is not None else configured_mirrors()
     target.mkdir(parents=True, exist_ok=True)
     for spec in ALL_FILES:
         final = target / (spec.stem + ".gz")
         if final.is_file():
             continue
-        partial = final.with_suffix(".gz.part")
-        for attempt in range(1, attempts + 1):
-            try:
-                with urllib.request.urlopen(base_url + final.name, timeout=60) as response, open(partial, "wb") as out:
-                    total = int(response.headers.get("Content-Length") or 0) or None
-                    with tqdm(total=total, unit="B", unit_scale=True, desc=final.name) as bar:
-                        while chunk := response.read(1 << 16):
-                            out.write(chunk)
-                            bar.update(len(chunk))
-                _check(final, spec, _read_bytes(partial))
-                partial.replace(final)
+        failures: list[str] = []
+        for base in urls:
+            url = base + final.name
+            for attempt in range(1, attempts + 1):
+                try:
+                    _fetch_verified(url, spec, final, timeout)
+                    break
+                except (_Unavailable, DatasetError) as exc:  # the same answer again: try the next mirror
+                    failures.append(str(exc))
+                    break
+                except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets, cut-off bodies
+                    if attempt == attempts:
+                        failures.append(f"{url}: {exc} ({attempts} attempts)")
+                    else:
+                        time.sleep(backoff * 2 ** (attempt - 1))
+            if final.is_file():
                 break
-            except (OSError, DatasetError) as exc:
-                partial.unlink(missing_ok=True)
-                if attempt == attempts:
-                    raise DatasetError(
-                        f"could not download {base_url}{final.name} after {attempts} attempts ({exc}). "
-                        f"Install Debian's dataset-fashion-mnist package or put the four files in {target} "
-                        "or $FASHION_MNIST_DIR."
-                    ) from exc
-                time.sleep(2**attempt)  # back off: 2, 4, 8 s
+        if not final.is_file():
+            raise DatasetError(
+                f"could not download {final.name} from any mirror: " + "; ".join(failures) + ". "
+                f"Install Debian's dataset-fashion-mnist package, put the four files in {target} or "
+                f"$FASHION_MNIST_DIR, or list mirrors you can reach in ${MIRRORS_ENV}."
+            )
     return target

@@ -1,7 +1,7 @@
 """`fashionstream predict IMAGE...`: classify image files with the shipped (or a given) model.
 
     fashionstream predict shoe.png shirt.jpg
-    fashionstream predict --model models/fashion-cnn.onnx --json *.png
+    fashionstream predict --model models/my-cnn.onnx --json *.png
 
 Any size or mode is accepted (converted to 28×28 grey, see `predictor`); the model expects a light
 item on a dark background like Fashion-MNIST, `--invert` flips dark-on-light photos. One line per

@@ -1,7 +1,7 @@
 """Classify images with an exported model: ONNX Runtime + the model card, no torch.
 
     >>> from fashionstream.classifier.predictor import Predictor
-    >>> predictor = Predictor.load()                  # models/fashion-cnn.onnx + its card
+    >>> predictor = Predictor.load()                  # the shipped fashion-cnn.onnx + its card
     >>> predictor.predict(open("shoe.png", "rb").read())
     Prediction(label=7, class_name='Sneaker', confidence=0.97, probabilities=(...))
 
@@ -26,6 +26,7 @@ decoded, so a 20,000×20,000 PNG is refused in microseconds without using memory
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import io
 import os
 import warnings
@@ -64,23 +65,24 @@ class Prediction:
     probabilities: tuple[float, ...]
 
 
-def _repo_models_dir() -> Path:
-    # src/fashionstream/classifier/predictor.py -> repository root is three folders above the package.
-    return Path(__file__).resolve().parents[3] / "models"
+def shipped_model_path() -> Path:
+    """The default model shipped inside the package (`fashionstream/models/`, see its docstring)."""
+    resource = importlib.resources.files("fashionstream.models") / f"{DEFAULT_MODEL_NAME}.onnx"
+    # ONNX Runtime and the card's relative file names need a real file: installed from a wheel or run
+    # from a checkout the package is a folder, so the resource is one; a zipped install is not.
+    if not isinstance(resource, Path) or not resource.is_file():
+        raise ModelNotFoundError(
+            f"the shipped model {DEFAULT_MODEL_NAME}.onnx is not a file in this installation ({resource}); "
+            "reinstall fashionstream from its wheel, or pass a model path or set $FASHIONSTREAM_MODEL"
+        )
+    return resource
 
 
 def default_model_path() -> Path:
-    """$FASHIONSTREAM_MODEL if set, else the shipped models/fashion-cnn.onnx of this checkout."""
+    """$FASHIONSTREAM_MODEL if set, else the model shipped inside the package."""
     if env := os.environ.get("FASHIONSTREAM_MODEL"):
         return Path(env).expanduser()
-    for folder in (_repo_models_dir(), Path.cwd() / "models"):
-        candidate = folder / f"{DEFAULT_MODEL_NAME}.onnx"
-        if candidate.is_file():
-            return candidate
-    raise ModelNotFoundError(
-        f"no default model: {_repo_models_dir() / (DEFAULT_MODEL_NAME + '.onnx')} does not exist. "
-        "Pass a path, set $FASHIONSTREAM_MODEL, or run `fashionstream export` to create one."
-    )
+    return shipped_model_path()
 
 
 def resolve_model_files(path: str | Path | None) -> tuple[Path, Path]:

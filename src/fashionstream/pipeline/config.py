@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from fashionstream.classifier.sample import SAMPLE_SIZE
 from fashionstream.pipeline import contract
 from fashionstream.pipeline.logs import LOG_FORMATS, LOG_LEVELS
 from fashionstream.pipeline.options import option
@@ -26,6 +27,13 @@ from fashionstream.pubsub import broker_url_help
 
 BROKER_HELP = f"broker URL: {broker_url_help()}"
 REQUEST_FORMATS = ("cloudevents", "json")
+# The labelled Fashion-MNIST images a command can send (`producer.labelled_images`): the sample
+# ships inside the package, so the demo runs offline; the test split needs the dataset.
+IMAGE_SETS = ("sample", "test")
+IMAGE_SET_HELP = (
+    f"sample: the first {SAMPLE_SIZE:,d} test images, shipped with the package; "
+    "test: the full test split, which needs the dataset (downloaded when not found)"
+)
 REQUEST_FORMAT_HELP = (
     "cloudevents: CloudEvents binary mode, the image as the body; json: the JSON form "
     '{"id": ..., "image": "<base64 PNG>"} without attributes'
@@ -81,6 +89,25 @@ class ClientConfig(PublisherConfig, SubscriberConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
+class TopicCreationConfig:
+    """Creating what a command needs when it is missing, sized so that replicas can share the work."""
+
+    TITLE: ClassVar[str] = "topic creation"
+
+    create_topics: bool = option(False, "create the topics and the subscription this command uses if missing")
+    # A Kafka consumer group gives each partition to one member: a topic's partition count caps how
+    # many replicas get work. 12 divides evenly among 1, 2, 3, 4, 6 and 12 replicas.
+    partitions: int = option(12, "partitions of each topic created (Kafka; an existing topic keeps its own)", minimum=1)
+    replication_factor: int | None = option(
+        None, "replicas of each partition created (Kafka)", minimum=1, default_text="the broker's default"
+    )
+
+    def topic_creation(self) -> dict[str, Any]:
+        """Keyword arguments for `Topology.create` / `admin.create_topic`."""
+        return {"partitions": self.partitions, "replication_factor": self.replication_factor}
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """Which exported model answers, and how many CPU threads it may use."""
 
@@ -117,7 +144,7 @@ class ClientLoggingConfig(LoggingConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ServiceConfig(ClientConfig, ModelConfig, BatchConfig, LoggingConfig):
+class ServiceConfig(ClientConfig, TopicCreationConfig, ModelConfig, BatchConfig, LoggingConfig):
     """Every `fashionstream serve` option."""
 
     TITLE: ClassVar[str] = "service"
@@ -140,9 +167,6 @@ class ServiceConfig(ClientConfig, ModelConfig, BatchConfig, LoggingConfig):
     # SIGTERM: 4 s to finish the open batch leave a margin for closing the broker clients.
     shutdown_timeout: float = option(4.0, "seconds to finish the in-flight batch after SIGTERM/SIGINT", minimum=0)
     publish_timeout: float = option(30.0, "seconds an answer may wait for broker confirmation", above=0)
-    create_topics: bool = option(
-        False, "create the images, predictions and dead-letter topics and the subscription if missing"
-    )
     # Not an option: the longest receive wait, which bounds how fast a stop signal is noticed.
     poll_timeout: float = 0.1
 
@@ -157,25 +181,29 @@ class ServiceConfig(ClientConfig, ModelConfig, BatchConfig, LoggingConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ProduceConfig(PublisherConfig, ClientLoggingConfig):
+class ProduceConfig(PublisherConfig, TopicCreationConfig, ClientLoggingConfig):
     """Every `fashionstream produce` option."""
 
     TITLE: ClassVar[str] = "producing"
 
     topic: str = option(IMAGES, "topic to send the images to")
     source: tuple[str, ...] = option(
-        ("test",), "'test' (the Fashion-MNIST test split, with labels) or image files / directories", metavar="SOURCE"
+        ("test",),
+        f"'test' (the Fashion-MNIST test split) or 'sample' (its first {SAMPLE_SIZE:,d}, shipped with the package), "
+        "both with labels, or image files / directories",
+        metavar="SOURCE",
     )
-    count: int | None = option(None, "how many images; files are repeated to reach it", minimum=1, default_text="all")
+    count: int | None = option(
+        None, "how many images; the source is repeated to reach it", minimum=1, default_text="all"
+    )
     rate: float | None = option(None, "images per second", above=0, default_text="flat out")
     format: str = option("cloudevents", REQUEST_FORMAT_HELP, choices=REQUEST_FORMATS)
-    create_topics: bool = option(False, "create the topic if missing")
     progress: bool = option(True, "show a progress bar on stderr")
     ids_file: str | None = option(None, "write the sent ids to this file, one per line")
 
 
 @dataclass(frozen=True, kw_only=True)
-class ConsumeConfig(SubscriberConfig, ClientLoggingConfig):
+class ConsumeConfig(SubscriberConfig, TopicCreationConfig, ClientLoggingConfig):
     """Every `fashionstream consume` option."""
 
     TITLE: ClassVar[str] = "consuming"
@@ -187,7 +215,6 @@ class ConsumeConfig(SubscriberConfig, ClientLoggingConfig):
     timeout: float | None = option(
         None, "stop after this many seconds without a new prediction", above=0, default_text="never"
     )
-    create_topics: bool = option(False, "create the topic and the subscription if missing")
     quiet: bool = option(False, "print only the summary")
 
 
@@ -198,7 +225,8 @@ class DemoConfig(ClientConfig, ModelConfig, BatchConfig, ClientLoggingConfig):
     TITLE: ClassVar[str] = "demo run"
 
     broker: str = option("mem://", BROKER_HELP, metavar="URL")
-    count: int = option(2000, "test images to send", minimum=1)
+    source: str = option("sample", IMAGE_SET_HELP, choices=IMAGE_SETS)
+    count: int = option(1000, "images to send; the source is repeated to reach it", minimum=1)
     rate: float | None = option(None, "images per second", above=0, default_text="all at once")
     format: str = option("cloudevents", REQUEST_FORMAT_HELP, choices=REQUEST_FORMATS)
     timeout: float = option(120.0, "give up after this many seconds", above=0)

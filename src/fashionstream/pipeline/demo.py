@@ -1,8 +1,10 @@
-"""The whole pipeline in one process: produce N test images, serve them, consume the answers.
+"""The whole pipeline in one process: produce N labelled images, serve them, consume the answers.
 
-On `mem://` (the default) nothing else is needed; with a real broker the same run goes
-through it, creating topics and subscriptions first. The consumer and dead-letter readers
-use subscriptions unique to the run, so old messages from earlier runs do not count.
+By default the images are the sample shipped with the package (`--source sample`) and the broker
+is `mem://`, so nothing else is needed: no dataset, no download, no broker. `--source test` sends
+the full test split instead. With a real broker the same run goes through it, creating topics and
+subscriptions first. The consumer and dead-letter readers use subscriptions unique to the run,
+so old messages from earlier runs do not count.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from fashionstream.pipeline.config import DemoConfig
 from fashionstream.pipeline.consumer import Tally, read_predictions
 from fashionstream.pipeline.handler import ModelHandler, OnnxModelHandler
 from fashionstream.pipeline.metrics import ServiceMetrics
-from fashionstream.pipeline.producer import ProduceSummary, SourceImage, labelled_test_images, produce
+from fashionstream.pipeline.producer import ProduceSummary, SourceImage, labelled_images, produce
 from fashionstream.pipeline.service import ModelService
 from fashionstream.pipeline.topology import Topology
 from fashionstream.pubsub import Publisher, Subscriber, admin, open_subscription, open_topic
@@ -97,7 +99,8 @@ def run_demo(
         ),
         options=config.admin_options(),
     )
-    images = list(labelled_test_images(config.count))  # encoded before the clock starts: the demo times the pipeline
+    # Encoded before the clock starts: the demo times the pipeline, not PNG encoding.
+    images = list(labelled_images(config.source, config.count))
     try:
         with ExitStack() as stack:
             clients = _open_clients(stack, config, topology, dlq_subscription)

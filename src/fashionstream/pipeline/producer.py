@@ -1,8 +1,9 @@
-"""The producer: Fashion-MNIST test images or image files -> the `images` topic.
+"""The producer: labelled Fashion-MNIST images or image files -> the `images` topic.
 
 Each image gets a fresh unique id (the Kafka key and CloudEvents id), and the
-true label as `expected_label` when it is known (the test split), so that the
-consumer can score the model live.
+true label as `expected_label` when it is known (the shipped sample, the test split),
+so that the consumer can score the model live. A count beyond what a source holds
+repeats the source; the fresh ids keep every message distinct.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from PIL import Image
 
 from fashionstream.pipeline import contract
 from fashionstream.pipeline.cloudevents import Flavour
+from fashionstream.pipeline.config import IMAGE_SETS
 
 IMAGE_SUFFIXES = {".png": contract.PNG, ".jpg": contract.JPEG, ".jpeg": contract.JPEG}
 
@@ -41,14 +43,30 @@ def png_bytes(pixels: npt.NDArray[np.uint8]) -> bytes:
     return buffer.getvalue()
 
 
-def labelled_test_images(count: int | None = None, offset: int = 0) -> Iterator[SourceImage]:
-    """The Fashion-MNIST test split as PNGs with their labels (10,000 at most)."""
-    from fashionstream.classifier.fashion_mnist_files import load_split
+def _image_set(name: str) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+    if name == "sample":
+        from fashionstream.classifier.sample import load_sample
 
-    images, labels = load_split("test")
-    stop = len(images) if count is None else min(len(images), offset + count)
-    for index in range(offset, stop):
-        yield SourceImage(png_bytes(images[index]), contract.PNG, int(labels[index]), f"test[{index}]")
+        return load_sample()  # shipped with the package: no dataset needed
+    if name == "test":
+        from fashionstream.classifier.fashion_mnist_files import load_split
+
+        return load_split("test")
+    raise ValueError(f"no image set {name!r}; expected one of {', '.join(IMAGE_SETS)}")
+
+
+def labelled_images(image_set: str, count: int | None = None, offset: int = 0) -> Iterator[SourceImage]:
+    """One of `config.IMAGE_SETS` as PNGs with their labels: all of it once, or `count`, repeating it as needed."""
+    images, labels = _image_set(image_set)
+    stop = len(images) if count is None else offset + count
+    for position in range(offset, stop):
+        index = position % len(images)
+        yield SourceImage(png_bytes(images[index]), contract.PNG, int(labels[index]), f"{image_set}[{index}]")
+
+
+def labelled_test_images(count: int | None = None, offset: int = 0) -> Iterator[SourceImage]:
+    """The full Fashion-MNIST test split (10,000 images; see `labelled_images`)."""
+    return labelled_images("test", count, offset)
 
 
 def file_images(paths: Sequence[str | Path]) -> Iterator[SourceImage]:
@@ -68,9 +86,9 @@ def file_images(paths: Sequence[str | Path]) -> Iterator[SourceImage]:
 
 
 def sources(spec: Sequence[str], count: int | None) -> Iterator[SourceImage]:
-    """`["test"]` -> the test split; anything else -> files/directories. Cycles files up to `count`."""
-    if list(spec) == ["test"]:
-        yield from labelled_test_images(count)
+    """`["test"]` or `["sample"]` -> that image set; anything else -> files/directories. Cycles up to `count`."""
+    if len(spec) == 1 and spec[0] in IMAGE_SETS:
+        yield from labelled_images(spec[0], count)
         return
     produced = 0
     while count is None or produced < count:
