@@ -18,7 +18,7 @@ from fashionstream.cli import _user_error, main
 from fashionstream.pipeline import cli
 from fashionstream.pipeline.config import COMMANDS, ServiceConfig
 from fashionstream.pipeline.handler import OnnxModelHandler
-from fashionstream.pipeline.options import load, options_markdown
+from fashionstream.pipeline.options import fields_of, flag_name, load, options_markdown
 from fashionstream.pipeline.service import ModelService
 from fashionstream.pipeline.topology import Topology
 from fashionstream.pubsub import open_subscription, open_topic, parse_broker
@@ -108,8 +108,10 @@ def test_help_prints_each_default_once() -> None:
     assert "(default: None)" not in text
     assert "(required) (default" not in text
     assert text.count("(default: 64)") == 1
-    for action in cli.serve_parser()._actions:
-        assert action.help, f"{action.option_strings} has no help"
+    for config_class in COMMANDS.values():
+        for field in fields_of(config_class):
+            assert field.spec.help, f"{config_class.__name__}.{field.name} has no help"
+            assert flag_name(field.name) in text or config_class is not ServiceConfig
 
 
 def test_broker_urls_become_topic_and_subscription_urls() -> None:

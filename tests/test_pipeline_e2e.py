@@ -50,7 +50,7 @@ def restore_logging() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def model() -> Predictor:
-    """The shipped model (models/fashion-cnn.onnx + card): its id and card, which the served copy must match."""
+    """The shipped model (fashion-cnn.onnx + card): its id and card, which the served copy must match."""
     return Predictor.load()
 
 
@@ -82,7 +82,9 @@ def card_accuracy(model: Predictor) -> float:
 
 
 def test_two_thousand_test_images_end_to_end(backend: Any, topology: Topology, model: Predictor) -> None:
-    config = DemoConfig(broker=topology.broker, count=2000, subscriber_option=backend.subscriber_options, timeout=180)
+    config = DemoConfig(
+        broker=topology.broker, source="test", count=2000, subscriber_option=backend.subscriber_options, timeout=180
+    )
     result = run_demo(config, topology=topology)
     assert result.sent == 2000
     assert result.answered == 2000, f"lost {result.lost}"

@@ -66,7 +66,7 @@ def serve_main(argv: list[str]) -> int:
     stop = _stop_on_signals()
     if config.create_topics:
         topology.create(subscriptions=((topology.images, topology.service_subscription),),
-                        options=config.admin_options())  # fmt: skip
+                        options=config.admin_options(), **config.topic_creation())  # fmt: skip
     metrics, health = ServiceMetrics(), Health()
     server = MetricsServer(metrics.registry, health, config.metrics_host, config.metrics_port).start()
     try:
@@ -112,11 +112,10 @@ def produce_main(argv: list[str]) -> int:
     topology = Topology(config.broker, images=config.topic)
     url = topology.topic(config.topic)
     if config.create_topics:
-        admin.create_topic(url, **config.admin_options())
-    total = config.count if config.count is not None else (10_000 if config.source == ("test",) else None)
+        admin.create_topic(url, **config.topic_creation(), **config.admin_options())
     with (
         open_topic(url, **config.publisher_options()) as publisher,
-        tqdm(total=total, unit="img", disable=not config.progress, file=sys.stderr) as bar,
+        tqdm(total=config.count, unit="img", disable=not config.progress, file=sys.stderr) as bar,
     ):
         summary = produce(publisher, sources(config.source, config.count), topology.flavour, fmt=config.format,
                           rate=config.rate, progress=bar)  # fmt: skip
@@ -148,7 +147,7 @@ def consume_main(argv: list[str]) -> int:
 
     topology = Topology(config.broker, predictions=config.topic, consumer_subscription=config.subscription)
     if config.create_topics:
-        admin.create_topic(topology.topic(config.topic), **config.admin_options())
+        admin.create_topic(topology.topic(config.topic), **config.topic_creation(), **config.admin_options())
         admin.create_subscription(topology.predictions_subscription_url, topic=config.topic,
                                   **config.admin_options())  # fmt: skip
     stop = _stop_on_signals()

@@ -26,7 +26,7 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 ENV_PREFIX = "FASHIONSTREAM_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
@@ -274,7 +274,13 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
     )
 
 
-def _add_flag(group: argparse._ArgumentGroup, field: _Field) -> None:
+class _Flags(Protocol):
+    """What `_add_flag` needs of a parser or an argument group (argparse has no public name for the latter)."""
+
+    def add_argument(self, *names: str, **settings: Any) -> argparse.Action: ...
+
+
+def _add_flag(group: _Flags, field: _Field) -> None:
     flag, help_text = flag_name(field.name), _help(field)
     if field.kind == "bool":
         group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)

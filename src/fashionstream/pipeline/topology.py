@@ -62,6 +62,7 @@ class Topology:
         self,
         *,
         partitions: int = 1,
+        replication_factor: int | None = None,
         subscriptions: tuple[tuple[str, str], ...] | None = None,
         ack_deadline_s: int = 30,
         options: Mapping[str, Any] | None = None,
@@ -69,11 +70,14 @@ class Topology:
         """Create the three topics and the given (topic, subscription) pairs if missing.
 
         Defaults to the service's subscription on `images` and the consumer's on `predictions`.
+        `partitions` / `replication_factor` (None: the broker's default) apply to Kafka topics;
         `options` are native client options (credentials) for the admin client.
         """
         native = dict(options or {})
         for name in (self.images, self.predictions, self.dead_letters):
-            created = admin.create_topic(self.topic(name), partitions=partitions, **native)
+            created = admin.create_topic(
+                self.topic(name), partitions=partitions, replication_factor=replication_factor, **native
+            )
             log.info("topic %s %s", name, "created" if created else "exists")
         pairs = subscriptions
         if pairs is None:

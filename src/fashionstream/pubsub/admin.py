@@ -99,8 +99,12 @@ def _require(name: str | None, what: str, url: ParsedURL) -> str:
     return name
 
 
-def create_topic(url: str, partitions: int = 1, replication_factor: int = 1, **options: object) -> bool:
-    """Create the topic of `url` if missing; True if created. `partitions` / `replication_factor`: Kafka only."""
+def create_topic(url: str, partitions: int = 1, replication_factor: int | None = None, **options: object) -> bool:
+    """Create the topic of `url` if missing; True if created.
+
+    `partitions` and `replication_factor` (None: the broker's default) apply to Kafka only; an
+    existing topic keeps its own.
+    """
 
     def op(parsed: ParsedURL, driver: AdminDriver) -> bool:
         topic = _require(resource_names(parsed)[0], "topic", parsed)

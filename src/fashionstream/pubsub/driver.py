@@ -201,8 +201,11 @@ class SubscriptionDriver(Protocol):
 class AdminDriver(Protocol):
     """Creates and deletes topics and subscriptions. Used by `fashionstream.pubsub.admin`."""
 
-    def create_topic(self, topic: str, *, partitions: int = 1, replication_factor: int = 1) -> bool:
-        """Create `topic` if missing. Return True if it was created, False if it existed."""
+    def create_topic(self, topic: str, *, partitions: int = 1, replication_factor: int | None = None) -> bool:
+        """Create `topic` if missing. Return True if it was created, False if it existed.
+
+        `replication_factor` None: the broker's default (managed Kafka services refuse 1).
+        """
         ...
 
     def create_subscription(

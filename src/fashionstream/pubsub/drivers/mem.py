@@ -461,7 +461,7 @@ class MemoryAdminDriver:
         self.topic = topic
         self.name = f"mem topic {topic!r}"
 
-    def create_topic(self, topic: str, *, partitions: int = 1, replication_factor: int = 1) -> bool:
+    def create_topic(self, topic: str, *, partitions: int = 1, replication_factor: int | None = None) -> bool:
         return BROKER.create_topic(topic)
 
     def create_subscription(

@@ -40,7 +40,7 @@ class GcpAdminDriver:
             return subscription
         return f"projects/{self._project}/subscriptions/{subscription}"
 
-    def create_topic(self, topic: str, *, partitions: int = 1, replication_factor: int = 1) -> bool:
+    def create_topic(self, topic: str, *, partitions: int = 1, replication_factor: int | None = None) -> bool:
         # Pub/Sub has neither partitions nor a replication factor to choose: both are ignored.
         path = self._topic_path(topic)
         try:

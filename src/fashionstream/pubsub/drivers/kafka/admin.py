@@ -48,11 +48,12 @@ class KafkaAdminDriver:
             return False
         return True
 
-    def create_topic(self, topic: str, *, partitions: int = 1, replication_factor: int = 1) -> bool:
+    def create_topic(self, topic: str, *, partitions: int = 1, replication_factor: int | None = None) -> bool:
         new = NewTopic(
             topic,
             num_partitions=partitions,
-            replication_factor=replication_factor,
+            # -1 asks the broker for its default.replication.factor (brokers since Kafka 2.4).
+            replication_factor=-1 if replication_factor is None else replication_factor,
             # 1 MB messages plus batch overhead must fit whatever the broker's default is.
             config={"max.message.bytes": str(client.MAX_MESSAGE_BYTES)},
         )
