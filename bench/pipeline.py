@@ -1,107 +1,353 @@
-"""Pipeline benchmark: images/s and end-to-end latency through producer -> service -> consumer.
+"""Pipeline benchmark, as deployed: `produce`, `serve` and `consume` as separate processes on a real broker.
 
-    .venv/bin/python bench/pipeline.py                       # mem:// only
-    .venv/bin/python bench/pipeline.py --broker mem:// --broker kafka://127.0.0.1:9092 \
-        --broker gcppubsub://projects/fashionstream-test     # (emulator: export PUBSUB_EMULATOR_HOST)
+    scripts/services start && eval "$(scripts/services env)"
+    .venv/bin/python bench/pipeline.py --broker kafka://127.0.0.1:9092 --update-docs
+    .venv/bin/python bench/pipeline.py --broker gcppubsub://projects/$PUBSUB_PROJECT_ID --skip-baseline
 
-For each broker and each --max-batch-size it runs the demo (N test images sent
-flat out, one service, one consumer, all in this process) and records
-throughput and latency percentiles; batch size 1 classifies one image at a
-time. Results go to bench/results/pipeline.json and a
-Markdown table is printed (paste it into docs/pipeline.md). Numbers, not
-assertions: they depend on the machine and on what else runs on it.
+Measured in one run, so the ratios hold even on a shared, noisy machine:
+
+1. **ceiling**: ONNX Runtime alone on the shipped model (this process, the Predictor as the service
+   uses it), images/s at batch 256 and batch 1;
+2. **drain**: N test images preloaded, then `fashionstream serve` alone (no consumer running):
+   images/s from its first ack to its last, read from its /metrics;
+3. **flat out**: `consume` waiting, `produce` sends N images as fast as it can, `serve` in between:
+   images/s from the first send to the consumer's exit after the last answer;
+4. **load sweep**: the same paced at 90 %, 50 % and 10 % of the flat-out rate and at 100 images/s:
+   end-to-end latency (the request's CloudEvents `time`, set by the producer, to the moment the
+   consumer reads the answer) p50 / p95 / p99;
+5. **one at a time** (Kafka only): bench/one_at_a_time.py, the simplest service (JSON + base64,
+   TorchScript batch 1, auto-commit, each answer's delivery awaited), and `serve` draining the same
+   JSON messages.
+
+Each process's CPU seconds are read from the kernel (wait4 when it exits, /proc when the clock
+starts), so CPU per image of the producer (start-up included: it is a command run per batch of
+images), the service and the consumer (start-up excluded: they run for days) are reported too.
+Results: bench/results/pipeline.json, the table in docs/benchmarks.md (--update-docs) and
+docs/img/latency_vs_load.png. Numbers, not assertions: run it on an otherwise idle machine (it
+says how busy it was at the start).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
+import subprocess
 import sys
 import time
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from docs_markers import replace_between_markers  # noqa: E402  (bench/ is the script's folder)
+from fashionstream.classifier.fashion_mnist_files import load_split
 from fashionstream.classifier.predictor import Predictor
 from fashionstream.machine import describe_machine
-from fashionstream.pipeline.config import DemoConfig
-from fashionstream.pipeline.demo import run_demo
-from fashionstream.pipeline.handler import OnnxModelHandler
 from fashionstream.pipeline.topology import Topology
+from fashionstream.pubsub import admin
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "pipeline.json"
+DOCS = ROOT / "docs" / "benchmarks.md"
+PLOT = ROOT / "docs" / "img" / "latency_vs_load.png"
+MARKERS = ("<!-- bench/pipeline.py: start -->", "<!-- bench/pipeline.py: end -->")
+CLI = [sys.executable, "-m", "fashionstream.cli"]
+LOAD_FRACTIONS = (0.9, 0.5, 0.1)
+LIGHT_LOAD = 100.0  # images/s
+SWEEP_SECONDS = 15.0  # each paced run lasts about this long
+
+
+@dataclass
+class Finished:
+    """A child process that exited: its status, output and the CPU seconds it used."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    cpu_s: float
+
+
+def cpu_of(pid: int) -> float:
+    """CPU seconds process `pid` has used so far (utime + stime from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start(command: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 600) -> Finished:
+    """Wait for `proc` and read its CPU time from the kernel (wait4), which Popen.wait would discard."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() > deadline:
+            proc.kill()
+        time.sleep(0.01)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stdout, stderr = proc.communicate()
+    return Finished(proc.returncode, stdout, stderr, usage.ru_utime + usage.ru_stime)
+
+
+class Service:
+    """`fashionstream serve` in its own process."""
+
+    def __init__(self, topology: Topology, extra: Sequence[str] = ()) -> None:
+        self.proc = start([*CLI, "serve", "--broker", topology.broker, "--images-topic", topology.images,
+                           "--predictions-topic", topology.predictions, "--dead-letter-topic", topology.dead_letters,
+                           "--subscription", topology.service_subscription, "--metrics-host", "127.0.0.1",
+                           "--metrics-port", "0", "--log-level", "warning", *extra])  # fmt: skip
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if "metrics on http://" not in line:
+            raise RuntimeError(f"serve did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}")
+        self.port = int(line.split("metrics on http://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+
+    def metric(self, name: str) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
+            for raw in response.read().decode().splitlines():
+                if raw.startswith(name + " "):
+                    return float(raw.split()[-1])
+        return 0.0
+
+    def cpu_s(self) -> float:
+        """CPU seconds used so far, to leave start-up out of per-image figures."""
+        return cpu_of(self.proc.pid)
+
+    def stop(self) -> Finished:
+        self.proc.send_signal(signal.SIGTERM)
+        return finish(self.proc, timeout=30)
+
+
+def fresh_topology(broker: str) -> Topology:
+    run = uuid.uuid4().hex[:8]
+    topology = Topology(broker, images=f"images-bench-{run}", predictions=f"predictions-bench-{run}",
+                        dead_letters=f"images-dlq-bench-{run}", service_subscription=f"model-service-{run}",
+                        consumer_subscription=f"consumer-{run}")  # fmt: skip
+    topology.create(partitions=1)
+    return topology
+
+
+def remove(topology: Topology) -> None:
+    for topic, sub in ((topology.images, topology.service_subscription),
+                       (topology.predictions, topology.consumer_subscription)):  # fmt: skip
+        with contextlib.suppress(Exception):
+            admin.delete_subscription(topology.subscription(topic, sub))
+    for name in (topology.images, topology.predictions, topology.dead_letters):
+        with contextlib.suppress(Exception):
+            admin.delete_topic(topology.topic(name))
+
+
+def produce(topology: Topology, count: int, rate: float | None = None, fmt: str = "cloudevents") -> Finished:
+    command = [*CLI, "produce", "--broker", topology.broker, "--topic", topology.images, "--count", str(count),
+               "--format", fmt, "--no-progress"] + (["--rate", f"{rate:.3f}"] if rate else [])  # fmt: skip
+    done = finish(start(command))
+    if done.returncode != 0:
+        raise RuntimeError(f"produce failed: {done.stderr[-2000:]}")
+    return done
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def ceiling() -> dict[str, float]:
+    """ONNX Runtime alone: images/s of Predictor.probabilities at batch 256 and 1, best of 3 rounds."""
+    predictor = Predictor.load()
+    images, _ = load_split("test")
+    result = {}
+    for batch in (256, 1):
+        best = 0.0
+        for _ in range(3):
+            done, started = 0, time.perf_counter()
+            while time.perf_counter() - started < 2.0:
+                predictor.probabilities(images[:batch])
+                done += batch
+            best = max(best, done / (time.perf_counter() - started))
+        result[f"batch_{batch}"] = round(best, 1)
+    return result
+
+
+def drain(broker: str, count: int, fmt: str = "cloudevents") -> dict[str, Any]:
+    """`serve` alone on `count` preloaded images: images/s from its first ack to its last."""
+    topology = fresh_topology(broker)
+    try:
+        produce(topology, count, fmt=fmt)
+        service = Service(topology)
+        started_cpu = service.cpu_s()
+        first = last = None
+        deadline = time.monotonic() + 600
+        while last is None and time.monotonic() < deadline:
+            acked = service.metric("fashionstream_acked_total")
+            now = time.perf_counter()
+            if acked >= 1 and first is None:
+                first = now
+            if acked >= count:
+                last = now
+            time.sleep(0.005)
+        stopped = service.stop()
+    finally:
+        remove(topology)
+    if first is None or last is None:
+        raise RuntimeError("the service did not drain the topic")
+    return {"images": count, "format": fmt, "images_per_s": round((count - 1) / (last - first), 1),
+            "service_cpu_ms_per_image": round(1000 * (stopped.cpu_s - started_cpu) / count, 3)}  # fmt: skip
+
+
+def end_to_end(broker: str, count: int, rate: float | None) -> dict[str, Any]:
+    """consume waiting, produce `count` images (flat out or at `rate`), serve in between."""
+    topology = fresh_topology(broker)
+    try:
+        service = Service(topology)
+        consumer = start([*CLI, "consume", "--broker", broker, "--topic", topology.predictions, "--subscription",
+                          topology.consumer_subscription, "--count", str(count), "--jsonl", "--quiet"])  # fmt: skip
+        time.sleep(3.0)  # both have joined their groups before the clock starts
+        service_cpu_before = service.cpu_s()
+        consumer_cpu_before = cpu_of(consumer.pid)
+        started = time.perf_counter()
+        produced = produce(topology, count, rate)
+        consumed = finish(consumer)
+        elapsed = time.perf_counter() - started
+        served = service.stop()
+    finally:
+        remove(topology)
+    summary = json.loads(consumed.stderr.strip().splitlines()[-1])
+    return {
+        "offered_rate": rate,
+        "images": count,
+        "answered": summary["answered"],
+        "images_per_s": round(summary["answered"] / elapsed, 1),
+        "latency_ms": summary["latency_ms"],
+        "cpu_ms_per_image": {
+            "produce": round(1000 * produced.cpu_s / count, 3),
+            "serve": round(1000 * (served.cpu_s - service_cpu_before) / count, 3),
+            "consume": round(1000 * (consumed.cpu_s - consumer_cpu_before) / count, 3),
+        },
+    }
+
+
+def one_at_a_time(broker: str, count: int) -> dict[str, Any]:
+    """The one-message-at-a-time baseline and `serve` on the same JSON messages."""
+    topology = fresh_topology(broker)
+    servers = broker.removeprefix("kafka://").rstrip("/")
+    try:
+        produce(topology, count, fmt="json")
+        done = finish(start([sys.executable, str(ROOT / "bench" / "one_at_a_time.py"), "--bootstrap", servers,
+                             "--topic", topology.images, "--output", topology.predictions, "--count", str(count),
+                             "--group", f"one-at-a-time-{uuid.uuid4().hex[:6]}"]))  # fmt: skip
+    finally:
+        remove(topology)
+    if done.returncode != 0:
+        raise RuntimeError(f"one_at_a_time.py failed: {done.stderr[-2000:]}")
+    baseline = json.loads(done.stdout.strip().splitlines()[-1])
+    service = drain(broker, count, fmt="json")
+    return {"baseline_images_per_s": baseline["images_per_s"], "service_images_per_s": service["images_per_s"],
+            "speed_up": round(service["images_per_s"] / baseline["images_per_s"], 1)}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    ceil = report["ceiling"]["batch_256"]
+    lines = [
+        f"ONNX Runtime alone (ceiling): **{ceil:.0f} images/s** at batch 256, "
+        f"{report['ceiling']['batch_1']:.0f} at batch 1.",
+        "",
+        f"- `serve` draining {report['drain']['images']:,d} preloaded images: **{report['drain']['images_per_s']:.0f} "
+        f"images/s = {report['drain']['images_per_s'] / ceil:.0%} of the ceiling** "
+        f"({report['drain']['service_cpu_ms_per_image']:.2f} ms CPU per image in the service)",
+        f"- flat out end to end: **{report['flat_out']['images_per_s']:.0f} images/s = "
+        f"{report['flat_out']['images_per_s'] / ceil:.0%} of the ceiling**",
+    ]
+    if report.get("one_at_a_time"):
+        base = report["one_at_a_time"]
+        lines.append(
+            f"- one message at a time (JSON, TorchScript batch 1): {base['baseline_images_per_s']:.0f} images/s; "
+            f"`serve` on the same messages {base['service_images_per_s']:.0f}: **{base['speed_up']:.1f}×**"
+        )
+    lines += ["", "| offered load | images/s | p50 ms | p95 ms | p99 ms | CPU ms/image: produce | serve | consume |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for run in [report["flat_out"], *report["sweep"]]:
+        lat, cpu = run["latency_ms"], run["cpu_ms_per_image"]
+        load = "flat out" if run["offered_rate"] is None else f"{run['offered_rate']:.0f}/s ({run['label']})"
+        lines.append(
+            f"| {load} | {run['images_per_s']:.0f} | {lat['p50']:.1f} | {lat['p95']:.1f} | {lat['p99']:.1f} "
+            f"| {cpu['produce']:.3f} | {cpu['serve']:.3f} | {cpu['consume']:.3f} |"
+        )
+    machine = report["machine"]
+    lines.append(
+        f"\n{report['date']}, broker `{report['broker']}`, {machine['cpu']}, {machine['cores']} cores "
+        f"(load average at start {machine['load_average'][0]}), `{report['command']}`."
+    )
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = sorted(report["sweep"], key=lambda r: r["images_per_s"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, style in (("p50", "o-"), ("p95", "s--"), ("p99", "^:")):
+        ax.plot([r["images_per_s"] for r in runs], [r["latency_ms"][key] for r in runs], style, label=key)
+    ax.set(xlabel="images/s (paced)", ylabel="end-to-end latency, ms", yscale="log",
+           title=f"request to answer, separate processes, {report['broker'].split('://')[0]}")  # fmt: skip
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=100)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--broker", action="append", default=None, help="repeatable; default mem://")
-    parser.add_argument("--batch-size", type=int, action="append", default=None, help="repeatable; default 1 16 64")
-    parser.add_argument("--count", type=int, default=2000)
-    parser.add_argument("--rate", type=float, default=None, help="images/s sent (default flat out: latency = queueing)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per setting; the best throughput is kept")
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "pipeline.json"))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--broker", default="kafka://127.0.0.1:9092")
+    parser.add_argument("--images", type=int, default=10_000, help="images for the drain and flat-out runs")
+    parser.add_argument("--skip-baseline", action="store_true", help="no one-at-a-time run (it needs Kafka and torch)")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--update-docs", action="store_true", help="rewrite the table and plot in docs/")
     args = parser.parse_args(argv)
-    brokers = args.broker or ["mem://"]
-    sizes = args.batch_size or [1, 16, 64]
-    model_id = Predictor.load(args.model).model_id
-    handler = OnnxModelHandler(args.model)
-    rows = []
-    for broker in brokers:
-        for size in sizes:
-            best = None
-            for repeat in range(args.repeats):
-                suffix = f"bench-{int(time.time())}-{size}-{repeat}"
-                topology = Topology(
-                    broker,
-                    images=f"images-{suffix}",
-                    predictions=f"predictions-{suffix}",
-                    dead_letters=f"images-dlq-{suffix}",
-                    service_subscription=f"model-service-{suffix}",
-                )
-                config = DemoConfig(
-                    broker=broker, source="test", count=args.count, max_batch_size=size, rate=args.rate, timeout=300
-                )
-                result = run_demo(config, topology=topology, handler=handler)
-                _delete(topology)
-                doc = result.as_dict()
-                print(f"{broker:<40} batch {size:>3}  run {repeat}: {json.dumps(doc)}", file=sys.stderr)
-                if best is None or doc["throughput_img_s"] > best["throughput_img_s"]:
-                    best = doc
-            assert best is not None
-            rows.append({"broker": broker.split("://")[0], "max_batch_size": size, "rate": args.rate, **best})
-    report = {
-        "what": "demo pipeline in one process: producer (flat out) -> service -> consumer, shipped model",
-        "count": args.count,
-        "model": model_id,
+    report: dict[str, Any] = {
+        "command": "python bench/pipeline.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": time.strftime("%Y-%m-%d"),
+        "broker": args.broker,
         "machine": describe_machine("onnxruntime", "confluent-kafka", "google-cloud-pubsub"),
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "results": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(
-        "| broker | max batch | sent at | images/s | latency p50 ms | p95 ms | p99 ms | accuracy | lost | duplicates |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for row in rows:
-        lat = row["latency_ms"]
-        print(
-            f"| {row['broker']} | {row['max_batch_size']} | {row['rate'] or 'flat out'} "
-            f"| {row['throughput_img_s']:.0f} | {lat['p50']:.0f} "
-            f"| {lat['p95']:.0f} | {lat['p99']:.0f} | {row['accuracy']:.4f} | {row['lost']} | {row['duplicates']} |"
-        )
+    report["ceiling"] = ceiling()
+    print(f"ceiling {report['ceiling']}", file=sys.stderr)
+    report["drain"] = drain(args.broker, args.images)
+    print(f"drain {report['drain']}", file=sys.stderr)
+    report["flat_out"] = end_to_end(args.broker, args.images, None)
+    print(f"flat out {report['flat_out']}", file=sys.stderr)
+    flat = report["flat_out"]["images_per_s"]
+    report["sweep"] = []
+    for label, rate in [*((f"{f:.0%}", f * flat) for f in LOAD_FRACTIONS), ("light", LIGHT_LOAD)]:
+        count = int(min(args.images, max(500, rate * SWEEP_SECONDS)))
+        run = end_to_end(args.broker, count, rate) | {"label": label}
+        report["sweep"].append(run)
+        print(f"{label} {run}", file=sys.stderr)
+    if not args.skip_baseline and args.broker.startswith("kafka://"):
+        report["one_at_a_time"] = one_at_a_time(args.broker, min(args.images, 2000))
+        print(f"one at a time {report['one_at_a_time']}", file=sys.stderr)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown(report)
+    print(table)
+    if args.update_docs:
+        replace_between_markers(DOCS, *MARKERS, table)
+        plot(report)
     return 0
-
-
-def _delete(topology: Topology) -> None:
-    from fashionstream.pubsub import admin
-
-    for call in (
-        lambda: admin.delete_subscription(topology.images_subscription_url),
-        *(lambda name=name: admin.delete_topic(topology.topic(name)) for name in
-          (topology.images, topology.predictions, topology.dead_letters)),
-    ):  # fmt: skip
-        try:
-            call()
-        except Exception as error:  # noqa: BLE001 - clean-up only
-            print(f"clean-up: {error}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -180,8 +180,7 @@ def test_a_failed_publish_nacks_the_input_for_redelivery() -> None:
     assert service.stats.nacked == 1 and service.stats.acked == 2
 
 
-def test_stop_finishes_the_open_batch_and_leaves_unconfirmed_inputs_unacked() -> None:
-    # A long max_wait: the 3 requests sit in an open batch when the stop comes.
+def test_stop_with_answers_in_flight_acks_the_confirmed_and_leaves_the_rest_unacked() -> None:
     messages = requests(3)
     predictions, dead = HeldSender(), HeldSender()
     config = ServiceConfig(broker="mem://", max_batch_size=64, max_wait_ms=60_000, shutdown_timeout=0.5)
@@ -190,7 +189,7 @@ def test_stop_finishes_the_open_batch_and_leaves_unconfirmed_inputs_unacked() ->
     worker = threading.Thread(target=service.run, args=(stop,))
     worker.start()
     assert wait_for(lambda: service.stats.received == 3)
-    assert predictions.sent == []  # still batching
+    assert not any(m.acked for m in messages)  # nothing is confirmed yet
 
     # Confirm whatever gets published during shutdown, except the last answer.
     def confirm_first_two() -> None:
@@ -224,3 +223,75 @@ def test_repeated_ids_are_counted_as_duplicates_and_still_answered() -> None:
         stop.set()
         worker.join(timeout=5)
     assert service.stats.duplicates == 2
+
+
+class RecordingHandler(FakeHandler):
+    """FakeHandler that remembers the size of every batch the model saw."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def run_inference(self, batch: Sequence[Pixels], model: str) -> list[Prediction]:
+        self.batches.append(len(batch))
+        return super().run_inference(batch, model)
+
+
+def run_until_answered(receiver: FakeReceiver, handler: RecordingHandler, count: int, **config: Any) -> HeldSender:
+    predictions, dead = HeldSender(), HeldSender()
+    settings = ServiceConfig(broker="mem://", **config)
+    service = ModelService(settings, handler, receiver, predictions, dead)
+    stop = threading.Event()
+    worker = threading.Thread(target=service.run, args=(stop,))
+    worker.start()
+    try:
+        assert wait_for(lambda: len(predictions.sent) == count)
+        predictions.confirm_all()  # so that the stop does not wait for confirmations
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+    return predictions
+
+
+def test_a_lone_request_is_classified_at_once_not_after_the_batch_window() -> None:
+    # A one-minute window: waiting for it would fail the test; the idle service must not wait at all.
+    handler = RecordingHandler()
+    run_until_answered(FakeReceiver(requests(1)), handler, 1, max_batch_size=64, max_wait_ms=60_000)
+    assert handler.batches == [1]
+
+
+def test_batches_grow_with_the_input_that_is_waiting() -> None:
+    # 40 requests already waiting: the model sees full batches, not one image at a time.
+    handler = RecordingHandler()
+    run_until_answered(FakeReceiver(requests(40)), handler, 40, max_batch_size=16, max_wait_ms=60_000)
+    assert handler.batches == [16, 16, 8]
+
+
+class TricklingReceiver(FakeReceiver):
+    """One message per call, always: input that never stops arriving."""
+
+    def receive_batch(self, max_messages: int, timeout: float) -> list[FakeMessage]:
+        return super().receive_batch(1, timeout)
+
+
+def test_under_a_steady_trickle_the_batch_window_bounds_the_wait() -> None:
+    clock = [0.0]
+
+    def tick() -> float:  # every look at the clock is 1 ms later: a 5 ms window closes after 5 requests
+        clock[0] += 0.001
+        return clock[0]
+
+    handler = RecordingHandler()
+    predictions, dead = HeldSender(), HeldSender()
+    settings = ServiceConfig(broker="mem://", max_batch_size=64, max_wait_ms=5)
+    service = ModelService(settings, handler, TricklingReceiver(requests(30)), predictions, dead, clock=tick)
+    stop = threading.Event()
+    worker = threading.Thread(target=service.run, args=(stop,))
+    worker.start()
+    try:
+        assert wait_for(lambda: len(predictions.sent) == 30)
+        predictions.confirm_all()
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+    assert max(handler.batches) < 30 and sum(handler.batches) == 30  # closed by the window, not by size
+    assert len(handler.batches) > 2

@@ -120,11 +120,17 @@ class ModelConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class BatchConfig:
-    """Micro-batching: a batch closes when it is full or when its oldest image has waited long enough."""
+    """Continuous batching: a batch goes to the model when no more input is ready, when it is full, or
+    when its oldest image has waited max_wait_ms while input kept arriving."""
 
     TITLE: ClassVar[str] = "micro-batching"
     max_batch_size: int = option(64, "images per model call at most", minimum=1)
-    max_wait_ms: float = option(20.0, "longest time the oldest image of a batch waits for the batch to fill", minimum=0)
+    max_wait_ms: float = option(
+        20.0,
+        "upper bound on how long the oldest image of a batch waits while input keeps arriving; "
+        "an idle service classifies at once",
+        minimum=0,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -140,8 +140,8 @@ class ModelService:
         backoff = 0.0
         while not stop.is_set():
             self.health.beat()
-            due_in = self._batcher.time_until_due()
-            timeout = self.config.poll_timeout if due_in is None else min(due_in, self.config.poll_timeout)
+            # An open batch never waits for input: if nothing more is ready it is classified now.
+            timeout = self.config.poll_timeout if len(self._batcher) == 0 else 0.0
             try:
                 messages = self.subscriber.receive_batch(max_messages=self._batcher.room, timeout=timeout)
                 backoff = 0.0
@@ -154,9 +154,13 @@ class ModelService:
                 full = self._accept(message)
                 if full:
                     self._process(full)
-            due = self._batcher.take_due()
-            if due:
-                self._process(due)
+            # Continuous batching: the open batch goes to the model as soon as no more input is ready
+            # (an idle service answers at once), or when its oldest image has waited max_wait_ms while
+            # input kept trickling in. Under load, input piles up while the model runs, so the next
+            # batches are fuller by themselves, up to max_batch_size.
+            ready = self._batcher.take_due() or (self._batcher.flush() if not messages else None)
+            if ready:
+                self._process(ready)
             self._reap(block=len(self._pending) > self.config.max_in_flight)
         self._shutdown()
         return self.stats
