@@ -46,6 +46,12 @@ def _export(argv: list[str]) -> int:
     return main(argv)
 
 
+def _quantize(argv: list[str]) -> int:
+    from fashionstream.classifier.quantize import main
+
+    return main(argv)
+
+
 def _evaluate(argv: list[str]) -> int:
     from fashionstream.classifier.evaluate import main
 
@@ -89,6 +95,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("consume", "print predictions as they arrive, with running accuracy and latency", _consume),
     Subcommand("train", "train a classifier (LightningCLI: fit/validate/test, --config, class_path)", _train),
     Subcommand("export", "export a checkpoint to ONNX + TorchScript with a model card", _export),
+    Subcommand("quantize", "int8 copy of an exported model (ONNX Runtime static quantisation)", _quantize),
     Subcommand("evaluate", "measure a model's accuracy on the 10k Fashion-MNIST test set", _evaluate),
     Subcommand("predict", "classify image files with the shipped (or a given) model", _predict),
 )

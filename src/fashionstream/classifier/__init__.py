@@ -12,6 +12,7 @@ Training modules (need the `train` extra: torch, lightning):
   module    Lightning wrappers with the training recipe; `build_classifier` from a recorded class path
   train     `fashionstream train` (LightningCLI)
   export    `fashionstream export` → ONNX + TorchScript + model card; `load_checkpoint`
+  quantize  int8 copy of an exported model (ONNX Runtime static quantisation; needs onnx, not torch)
   reports   per-run plots and tables
 
 This file imports nothing, so `import fashionstream.classifier` never pulls in torch.

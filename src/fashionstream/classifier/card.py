@@ -10,10 +10,11 @@ comparable and reproducible (test accuracy, params, MACs, training command and c
 library versions).
 
 The file is `to_dict()` as JSON, field for field: reading and writing a card changes nothing. Every
-field of format version 1 is required (a field that may be unknown is present as `null`), and an
-unknown field is an error rather than silently dropped, so a card read here is complete and writing it
-back loses nothing. Errors name the file and the field. Standard library only: the torch-free Predictor
-reads cards.
+field of format version 1 is required (a field that may be unknown is present as `null`), except
+`quantization`, which only a quantised model's card has (`fashionstream.classifier.quantize`); an fp32
+card leaves the key out rather than writing `null`. An unknown field is an error rather than silently
+dropped, so a card read here is complete and writing it back loses nothing. Errors name the file and
+the field. Standard library only: the torch-free Predictor reads cards.
 """
 
 from __future__ import annotations
@@ -105,6 +106,40 @@ class TrainingData:
 
 
 @dataclass(frozen=True)
+class Quantization:
+    """How an int8 model was made from its fp32 source: enough to rebuild it and to judge it.
+
+    Calibration uses training images only, never test images (the card's test score would otherwise be
+    fitted to the test set); `calibration_data` says which, `calibration_indices_sha256` (SHA-256 of the
+    indices into the training file as little-endian int64) pins them.
+    """
+
+    tool: str  # the function that quantised it
+    format: Literal["QDQ", "QOperator"]
+    activation_type: str  # ONNX Runtime QuantType names: "QUInt8", "QInt8"
+    weight_type: str
+    per_channel: bool
+    reduce_range: bool
+    calibration_method: Literal["MinMax", "Entropy", "Percentile"]
+    calibration_images: int
+    calibration_data: str
+    calibration_indices_sha256: str
+    preprocessed: bool  # onnxruntime.quantization.quant_pre_process ran first
+    nodes_excluded: tuple[str, ...]  # nodes left in float
+    settings_chosen_on: str
+    source_onnx_file: str
+    source_sha256: str
+    source_test_accuracy: float
+    command: str
+    onnx: str
+    onnxruntime: str
+
+
+# Fields a card may leave out: they hold None when absent and are not written while None.
+_OMITTED_WHEN_NONE = {"quantization"}
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """Everything known about one exported model; field order is the JSON file's."""
 
@@ -128,6 +163,7 @@ class ModelCard:
     training: Training
     data: TrainingData
     versions: dict[str, str]
+    quantization: Quantization | None = None  # only on a quantised model's card
 
     @classmethod
     def read(cls, path: str | Path) -> ModelCard:
@@ -186,11 +222,11 @@ def _from_json(kind: Any, value: Any, field: str) -> Any:
         unknown = [key for key in value if key not in names]
         if unknown:
             raise _FieldError(f"unknown field {prefix + unknown[0]!r} (expected only {', '.join(names)})")
-        missing = [name for name in names if name not in value]
+        missing = [name for name in names if name not in value and name not in _OMITTED_WHEN_NONE]
         if missing:
             raise _FieldError(f"required field {prefix + missing[0]!r} is missing")
         build: Any = kind  # a dataclass type: its constructor takes every field by name
-        return build(**{name: _from_json(hints[name], value[name], prefix + name) for name in names})
+        return build(**{name: _from_json(hints[name], value.get(name), prefix + name) for name in names})
     if origin is types.UnionType:  # X | None: the only unions a card uses
         if value is None:
             return None
@@ -226,7 +262,11 @@ _JSON_NAMES = {float: "number", int: "integer", str: "string", bool: "boolean (t
 
 def _to_json(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {
+            f.name: _to_json(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if not (f.name in _OMITTED_WHEN_NONE and getattr(value, f.name) is None)
+        }
     if isinstance(value, tuple | list):
         return [_to_json(v) for v in value]
     if isinstance(value, dict):

@@ -142,8 +142,7 @@ class ImageDataModule(L.LightningDataModule):
         if self._sets:
             return
         images, labels = self.load_arrays("train")
-        order = np.random.default_rng(self.split_seed).permutation(len(labels))
-        val_idx, train_idx = order[: self.val_size], order[self.val_size :]
+        train_idx, val_idx = fashion_mnist_files.validation_split(len(labels), self.val_size, self.split_seed)
         if self.train_subset is not None:
             train_idx = train_idx[: self.train_subset]
         x, y = torch.from_numpy(np.array(images)), torch.from_numpy(np.array(labels))  # writable copies

@@ -354,7 +354,7 @@ def export(
 def main(argv: list[str] | None = None) -> int:
     from jsonargparse import auto_cli
 
-    auto_cli(export, args=list(sys.argv[1:] if argv is None else argv))
+    auto_cli(export, args=list(sys.argv[1:] if argv is None else argv), prog="fashionstream export")
     return 0
 
 

@@ -222,6 +222,14 @@ def load_split(split: Split, data_dir: str | Path | None = None) -> tuple[np.nda
     return read_idx(image_path, image_spec), read_idx(label_path, label_spec)
 
 
+def validation_split(n: int, val_size: int, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training indices, validation indices) of `n` training images: the fixed-seed split that
+    `data.ImageDataModule` trains and chooses checkpoints with, and that quantisation calibrates and
+    chooses its settings with. Numpy only, so both torch and the torch-free tools get the same split."""
+    order = np.random.default_rng(split_seed).permutation(n)
+    return order[val_size:], order[:val_size]
+
+
 # --- download (the last resort) -------------------------------------------------------------------
 
 

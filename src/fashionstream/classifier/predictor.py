@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from fashionstream.classifier.card import ModelCard, ModelCardError
+from fashionstream.classifier.card import InputSpec, ModelCard, ModelCardError
 from fashionstream.reasons import InvalidInput, Reason
 
 DEFAULT_MODEL_NAME = "fashion-cnn"
@@ -192,6 +192,16 @@ def _array_to_pixels(array: np.ndarray) -> np.ndarray:
     return _image_to_pixels(Image.fromarray(np.ascontiguousarray(pixels)))
 
 
+def model_input(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """uint8 pixels (n, 28, 28) → the model's float32 input (n, 1, 28, 28), normalised as its card says.
+
+    Serving and quantisation calibration both use it, so an int8 model is calibrated on exactly the
+    values it will be served.
+    """
+    x = (pixels.astype(np.float32) / 255.0 - spec.mean) / spec.std  # (n, 28, 28)
+    return x[:, None, :, :]
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
@@ -284,9 +294,7 @@ class Predictor:
         spec, logits = self._card.input, self._card.output.kind == "logits"
         out = []
         for start in range(0, len(batch), _CHUNK):
-            chunk = batch[start : start + _CHUNK]
-            x = (chunk.astype(np.float32) / 255.0 - spec.mean) / spec.std  # (n, 28, 28)
-            (scores,) = self._session.run(None, {spec.name: x[:, None, :, :]})  # (n, C)
+            (scores,) = self._session.run(None, {spec.name: model_input(batch[start : start + _CHUNK], spec)})  # (n, C)
             out.append(_softmax(scores) if logits else scores)
         if not out:
             return np.zeros((0, len(self._card.class_names)), dtype=np.float32)
