@@ -5,11 +5,13 @@
     .venv/bin/python bench/pubsub_breakdown.py --gc-off        # the same with the cyclic GC disabled
 
 Companion to bench/pubsub.py, which gives the totals: this one says which part of the API's cost is
-the caller's thread (`send()`, `receive_batch()`, `ack()`), the driver's calls (timed with
-`time.thread_time()` inside a wrapping driver), the publisher's lane threads beyond the driver
-(resolving futures) and the rest of the process (librdkafka's own threads, the subscriber's worker
-loop). The raw confluent-kafka loops of bench/pubsub.py run in the same rounds for reference.
-Prints medians in µs of CPU per message; the numbers quoted in docs/benchmarks.md come from here.
+the caller's thread (`send()` / `send_batch()`, `receive_batch()`, `ack()`), the driver's calls
+(timed with `time.thread_time()` inside a wrapping driver, per calling thread), the thread that
+runs the Kafka delivery callbacks, the publisher's lane threads beyond the driver (resolving
+futures) and the rest of the process (librdkafka's own threads, the subscriber's worker). Receiving
+fetches on the caller's thread, so the driver's receive time is taken out of the caller's. The raw
+confluent-kafka loops of bench/pubsub.py run in the same rounds for reference. Prints medians in µs
+of CPU per message; the numbers quoted in docs/benchmarks.md come from here.
 """
 
 from __future__ import annotations
@@ -24,18 +26,19 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from fashionstream.pubsub import Publisher, Subscriber, admin, parse_broker
+from fashionstream.pubsub import OutgoingMessage, Publisher, Subscriber, admin, parse_broker
 from fashionstream.pubsub.drivers import kafka
 from fashionstream.pubsub.urls import parse_url
 from pubsub import RawKafka  # bench/pubsub.py, next to this file
 
 
 class TimedDriver:
-    """Forwards to a driver, adding up the calling thread's CPU time per method."""
+    """Forwards to a driver, adding up the calling thread's CPU time per method, and per thread."""
 
     def __init__(self, driver: Any, timed: tuple[str, ...]) -> None:
         self._driver = driver
         self.cpu: dict[str, float] = dict.fromkeys(timed, 0.0)
+        self.by_thread: dict[str, float] = {}
         for name in timed:
             setattr(self, name, self._timed(name, getattr(driver, name)))
 
@@ -45,20 +48,28 @@ class TimedDriver:
             try:
                 return method(*args)
             finally:
-                self.cpu[name] += time.thread_time() - start
+                spent = time.thread_time() - start
+                self.cpu[name] += spent
+                thread = threading.current_thread().name
+                self.by_thread[thread] = self.by_thread.get(thread, 0.0) + spent
 
         return call
+
+    def reset(self) -> None:
+        for name in self.cpu:
+            self.cpu[name] = 0.0
+        self.by_thread.clear()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._driver, name)
 
 
-def lane_cpu() -> float:
-    """CPU seconds of the publisher's lane threads so far (they are named pubsub-send-N)."""
+def thread_cpu(prefix: str) -> float:
+    """CPU seconds so far of the live threads whose name starts with `prefix`."""
     return sum(
         time.clock_gettime(time.pthread_getcpuclockid(t.ident))
         for t in threading.enumerate()
-        if t.name.startswith("pubsub-send") and t.ident is not None
+        if t.name.startswith(prefix) and t.ident is not None
     )
 
 
@@ -71,20 +82,30 @@ def one_round(servers: str, count: int, payload: bytes, rows: dict[str, list[flo
     url = broker.topic_url(topic)
     admin.create_topic(url)
     try:
-        driver = TimedDriver(kafka.open_topic_driver(parse_url(url), {}), ("send_batch",))
-        pub = Publisher(driver)  # type: ignore[arg-type]
-        process, caller = time.process_time(), time.thread_time()
-        futures = [pub.send(payload) for _ in range(count)]
-        pub.flush()
-        caller, process = time.thread_time() - caller, time.process_time() - process
-        lanes = lane_cpu()
-        pub.close()
-        del futures
-        add("send: caller's thread (send() x N, flush)", caller)
-        add("send: driver send_batch", driver.cpu["send_batch"])
-        add("send: lane threads beyond the driver (resolving futures)", lanes - driver.cpu["send_batch"])
-        add("send: rest (librdkafka threads)", process - caller - lanes)
-        add("send: whole process", process)
+        for path in ("send", "send_batch"):
+            driver = TimedDriver(kafka.open_topic_driver(parse_url(url), {}), ("send_batch",))
+            pub = Publisher(driver)  # type: ignore[arg-type]
+            pub.send(b"warm-up").result()
+            driver.reset()
+            lanes, reports = thread_cpu("pubsub-send"), thread_cpu("kafka-delivery-reports")
+            process, caller = time.process_time(), time.thread_time()
+            if path == "send":
+                futures = [pub.send(payload) for _ in range(count)]
+            else:
+                chunk = [OutgoingMessage(payload)] * 1000
+                futures = [pub.send_batch(chunk) for _ in range(count // 1000)]
+            pub.flush()
+            assert all(f.exception() is None for f in futures)
+            caller, process = time.thread_time() - caller, time.process_time() - process
+            lanes, reports = thread_cpu("pubsub-send") - lanes, thread_cpu("kafka-delivery-reports") - reports
+            pub.close()
+            del futures
+            add(f"{path}: caller's thread ({path}() x N, flush, checking futures)", caller)
+            add(f"{path}: driver send_batch (produce, a callback per message)", driver.cpu["send_batch"])
+            add(f"{path}: delivery callbacks (the reporting thread)", reports)
+            add(f"{path}: lane threads beyond the driver (resolving futures)", lanes - driver.cpu["send_batch"])
+            add(f"{path}: rest (librdkafka threads)", process - caller - lanes - reports)
+            add(f"{path}: whole process", process)
 
         options = {"auto.offset.reset": "earliest"}
         sub_driver = TimedDriver(
@@ -98,21 +119,20 @@ def one_round(servers: str, count: int, payload: bytes, rows: dict[str, list[flo
                 for message in batch:
                     message.ack()
                 received += len(batch)
-            for name in sub_driver.cpu:
-                sub_driver.cpu[name] = 0.0
+            sub_driver.reset()
             measured = count - received
             process, caller = time.process_time(), time.thread_time()
             while received < count:
                 batch = sub.receive_batch(100, timeout=10)
-                for message in batch:
-                    message.ack()
+                sub.ack(batch)
                 received += len(batch)
             caller, process = time.thread_time() - caller, time.process_time() - process
         scale = count / measured
         driver_cpu = sub_driver.cpu["receive_batch"] + sub_driver.cpu["send_acks"]
-        add("receive: caller's thread (receive_batch, Message, ack)", caller * scale)
-        add("receive: driver receive_batch + send_acks", driver_cpu * scale)
-        add("receive: rest (worker loop, librdkafka threads)", (process - caller - driver_cpu) * scale)
+        beyond = caller - sub_driver.by_thread.get(threading.current_thread().name, 0.0)
+        add("receive: caller's thread beyond the driver (receive_batch, Message, ack)", beyond * scale)
+        add("receive: driver receive_batch + send_acks (any thread)", driver_cpu * scale)
+        add("receive: rest (worker, librdkafka threads)", (process - beyond - driver_cpu) * scale)
         add("receive: whole process", process * scale)
     finally:
         admin.delete_topic(url)
@@ -149,7 +169,7 @@ def main() -> None:
     print(f"µs of CPU per message, median of {args.repeat} x {args.count:,} (GC {'off' if args.gc_off else 'on'})")
     for name, values in rows.items():
         runs = ", ".join(f"{v:.2f}" for v in values)
-        print(f"  {name:58s} {statistics.median(values):6.2f}   ({runs})")
+        print(f"  {name:72s} {statistics.median(values):6.2f}   ({runs})")
 
 
 if __name__ == "__main__":

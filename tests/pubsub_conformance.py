@@ -24,7 +24,17 @@ from typing import Any
 
 import pytest
 
-from fashionstream.pubsub import Closed, InvalidArgument, Message, NotFound, Subscriber, open_subscription, open_topic
+from fashionstream.pubsub import (
+    Closed,
+    InvalidArgument,
+    Message,
+    NotFound,
+    OutgoingMessage,
+    Subscriber,
+    admin,
+    open_subscription,
+    open_topic,
+)
 
 RECEIVE_TIMEOUT = 60.0  # seconds; generous because Kafka group joins take a few seconds
 
@@ -276,6 +286,94 @@ class ConformanceCases:
         with pytest.raises(Closed):
             sub.receive_batch(10, timeout=1)
         assert list(sub) == []  # iteration ends at once on a closed subscriber
+
+    # -- batches: send_batch, Subscriber.ack / nack ------------------------------------------
+
+    def test_batch_send_returns_ids_in_order_and_all_arrive_with_attributes_and_keys(self, backend: Any) -> None:
+        topic = backend.new_topic(partitions=2)
+        sub_url = backend.new_subscription(topic)
+        batch: list[Any] = [OutgoingMessage(f"b{i}".encode(), {"n": str(i)}, f"k{i % 3}") for i in range(30)]
+        batch += [(b"plain tuple", None, None), (b"short tuple", {"n": "31"})]  # the tuple forms
+        with open_topic(topic) as pub:
+            ids = pub.send_batch(batch).result(RECEIVE_TIMEOUT)
+        assert isinstance(ids, list) and len(ids) == len(batch)
+        assert all(isinstance(i, str) and i for i in ids) and len(set(ids)) == len(ids)
+        with open_subscription(sub_url, **backend.subscriber_options) as sub:
+            got = receive_exactly(sub, len(batch))
+        by_body = {m.data: m for m in got}
+        assert set(by_body) == {item[0] for item in batch}
+        for item, message_id in zip(batch, ids, strict=True):
+            data, attributes, key = (*item, None, None)[:3]
+            message = by_body[data]
+            assert message.id == message_id, "ids come back in the order the batch was given"
+            assert message.attributes == (attributes or {})
+            assert message.key == key
+        for key in ("k0", "k1", "k2"):
+            sequence = [int(m.attributes["n"]) for m in got if m.key == key]
+            assert sequence == sorted(sequence), f"key {key} out of order: {sequence}"
+
+    def test_batch_send_to_a_missing_topic_fails_its_one_future(self, backend: Any) -> None:
+        topic = backend.new_topic()
+        # A topic deleted after the publisher opened it: the whole batch fails with one error.
+        with open_topic(topic, send_timeout=5) as pub:
+            pub.send(b"while it exists").result(RECEIVE_TIMEOUT)
+            admin.delete_topic(topic)
+            future = pub.send_batch([OutgoingMessage(b"a"), OutgoingMessage(b"b", key="k")])
+            with pytest.raises(NotFound, match=backend.topic_of(topic)):
+                future.result(RECEIVE_TIMEOUT)
+
+    def test_send_batch_after_close_raises_closed(self, backend: Any) -> None:
+        pub = open_topic(backend.new_topic())
+        pub.close()
+        with pytest.raises(Closed):
+            pub.send_batch([OutgoingMessage(b"late")])
+
+    def test_batch_ack_means_no_redelivery(self, backend: Any) -> None:
+        topic = backend.new_topic()
+        sub_url = backend.new_subscription(topic)
+        send_all(topic, [f"acked-{i}".encode() for i in range(10)])
+        with open_subscription(sub_url, **backend.subscriber_options) as sub:
+            sub.ack(receive_exactly(sub, 10, ack=False))
+        # Had the acks not arrived, close() would have handed the ten back for redelivery at once.
+        send_all(topic, [b"marker"])
+        with open_subscription(sub_url, **backend.subscriber_options) as sub:
+            first = sub.receive(timeout=RECEIVE_TIMEOUT)
+            first.ack()
+            later = sub.receive_batch(100, timeout=2.0)
+        assert first.data == b"marker"
+        assert [m.data for m in later] == []
+
+    def test_batch_nack_redelivers(self, backend: Any) -> None:
+        topic = backend.new_topic()
+        sub_url = backend.new_subscription(topic)
+        bodies = [f"again-{i}".encode() for i in range(3)]
+        send_all(topic, bodies)
+        with open_subscription(sub_url, **backend.subscriber_options) as sub:
+            sub.nack(receive_exactly(sub, 3, ack=False))
+            again = receive_exactly(sub, 3, ack=False)
+            sub.ack(again)
+        assert sorted(m.data for m in again) == bodies
+
+    def test_single_and_batch_acks_mix_and_repeats_are_harmless(self, backend: Any) -> None:
+        topic = backend.new_topic()
+        sub_url = backend.new_subscription(topic)
+        send_all(topic, [f"mixed-{i}".encode() for i in range(6)])
+        with open_subscription(sub_url, **backend.subscriber_options) as sub:
+            got = receive_exactly(sub, 6, ack=False)
+            got[0].ack()
+            sub.ack(got[:3])  # got[0] a second time
+            sub.ack(got)
+            sub.ack(got)  # every one a second or third time
+            got[1].ack()
+            got[2].nack()  # ignored: acked first
+            sub.nack(got[3:])  # ignored: acked first
+        send_all(topic, [b"marker"])
+        with open_subscription(sub_url, **backend.subscriber_options) as sub:
+            first = sub.receive(timeout=RECEIVE_TIMEOUT)
+            first.ack()
+            later = sub.receive_batch(100, timeout=2.0)
+        assert first.data == b"marker"
+        assert [m.data for m in later] == []
 
     def test_unknown_query_parameter_is_invalid_argument(self, backend: Any) -> None:
         topic = backend.new_topic()

@@ -2,7 +2,8 @@
 
 The conformance suite covers what users see; these pin down what only this driver does: splitting
 large batches into several Publish requests without losing order, delivery attempts under a
-dead-letter policy, and clear errors for unreachable services and bad options.
+dead-letter policy, receiving with StreamingPull (`pull="streaming"`; the suite runs the default
+polled Pull), and clear errors for unreachable services and bad options.
 """
 
 from __future__ import annotations
@@ -137,6 +138,75 @@ def test_without_a_dead_letter_policy_delivery_attempt_is_unknown(
     finally:
         sub.close()
         admin.delete_subscription(subscription)
+
+
+def test_streaming_pull_receives_acks_and_nacks(admin: GcpAdminDriver, project: str, topic: str) -> None:
+    subscription = _subscription(admin, topic, ack_deadline_s=30)
+    url = parse_url(f"gcppubsub://projects/{project}/subscriptions/{subscription}")
+    pub = gcp.open_topic_driver(parse_url(f"gcppubsub://projects/{project}/topics/{topic}"), {})
+    pub.send_batch([OutgoingMessage(data=f"s{i}".encode(), attributes={"i": str(i)}) for i in range(5)], 30.0)
+    sub = gcp.open_subscription_driver(url, {"pull": "streaming"})
+    try:
+        sub.limit_outstanding(100)
+        first = _receive_unacked(sub, 5)
+        assert sorted(m.data for m in first) == [f"s{i}".encode() for i in range(5)]
+        assert all(m.attributes == {"i": m.data.decode()[1:]} and m.publish_time is not None for m in first)
+        sub.send_nacks([first[0].ack_id])  # comes back
+        sub.send_acks([m.ack_id for m in first[1:]])  # on the stream
+        (again,) = _receive_unacked(sub, 1)
+        assert again.data == first[0].data
+        sub.send_acks([again.ack_id])
+        pub.send_batch([OutgoingMessage(data=b"unclaimed")], 30.0)
+        deadline = time.monotonic() + 30
+        while not sub._inbox and time.monotonic() < deadline:  # the stream brought it; nobody took it
+            time.sleep(0.05)
+    finally:
+        sub.close()  # hands the unclaimed message back at once
+        pub.close()
+    polled = gcp.open_subscription_driver(url, {})
+    try:
+        (left,) = _receive(polled, 1)  # only the unclaimed one: the acks on the stream held
+        assert left.data == b"unclaimed"
+        assert polled.receive_batch(10, 1.0) == []
+    finally:
+        polled.close()
+        admin.delete_subscription(subscription)
+
+
+def test_a_broken_stream_is_reported_once_then_reopened(admin: GcpAdminDriver, project: str, topic: str) -> None:
+    subscription = _subscription(admin, topic)
+    url = parse_url(f"gcppubsub://projects/{project}/subscriptions/{subscription}")
+    sub = gcp.open_subscription_driver(url, {"pull": "streaming"})
+    try:
+        assert sub.receive_batch(10, 0.2) == []
+        assert sub._stream is not None
+        sub._stream.send(None)  # half-closed: the service ends the stream
+        with pytest.raises(Exception) as caught:  # noqa: PT011 - whatever the stream ended with
+            for _ in range(50):
+                sub.receive_batch(10, 0.2)
+        assert sub.is_retryable(caught.value)  # the portable layer retries it
+        pub = gcp.open_topic_driver(parse_url(f"gcppubsub://projects/{project}/topics/{topic}"), {})
+        pub.send_batch([OutgoingMessage(data=b"after")], 30.0)
+        pub.close()
+        (message,) = _receive(sub, 1)  # a new stream
+        assert message.data == b"after"
+    finally:
+        sub.close()
+        admin.delete_subscription(subscription)
+
+
+def test_pull_option_must_be_a_known_mode(project: str) -> None:
+    with pytest.raises(errors.InvalidArgument, match="streaming, polling"):
+        gcp.open_subscription_driver(parse_url(f"gcppubsub://projects/{project}/subscriptions/s1"), {"pull": "push"})
+
+
+def _receive_unacked(sub: GcpSubscriptionDriver, count: int, timeout: float = 30.0) -> list[IncomingMessage]:
+    got: list[IncomingMessage] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        got += sub.receive_batch(count - len(got), 1.0)
+    assert len(got) == count, f"received {len(got)} of {count} messages"
+    return got
 
 
 def test_admin_create_is_idempotent_and_missing_topics_are_not_found(admin: GcpAdminDriver, topic: str) -> None:

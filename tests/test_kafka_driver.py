@@ -309,3 +309,15 @@ def test_rebalance_hands_unacked_messages_to_the_new_owner(bootstrap: str, admin
         first.close()
     finally:
         admin.delete_topic(name)
+
+
+def test_partition_offsets_in_bulk_match_one_at_a_time() -> None:
+    state = PartitionOffsets()
+    state.deliver_all([5, 6, 8, 9])  # one fetched run; 7 is a gap
+    assert state.ack_all([6, 6, 42]) is False and state.pending_commit() is None  # 42: never delivered
+    assert state.ack_all([9, 5]) is True and state.pending_commit() == 7  # any order
+    assert state.ack_all([8]) is True and state.pending_commit() == 10
+    state.deliver_all([10, 11])
+    state.deliver_all([11, 12])  # the consumer went back to 11: what followed it is forgotten
+    assert list(state.delivered) == [10, 11, 12]
+    assert state.ack_all([10, 11, 12]) is True and state.pending_commit() == 13

@@ -8,6 +8,8 @@ to driver failures.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import sys
 import threading
 import time
@@ -36,6 +38,7 @@ from fashionstream.pubsub import (
 from fashionstream.pubsub.api import PubSubAPI
 from fashionstream.pubsub.driver import ErrorCode, IncomingMessage, OutgoingMessage, ParsedURL
 from fashionstream.pubsub.drivers import load_driver, mem, schemes
+from fashionstream.pubsub.futures import SendFuture, fail_all, resolve_all
 from fashionstream.pubsub.publisher import PublisherSettings
 from fashionstream.pubsub.subscriber import SubscriberSettings
 from fashionstream.pubsub.urls import parse_url, redact, safe_url
@@ -492,6 +495,122 @@ def test_send_after_close_raises_closed_and_close_is_idempotent() -> None:
         pub.send(b"x")
 
 
+# -- send_batch ----------------------------------------------------------------------------------
+
+
+def test_send_batch_validates_every_message_before_queueing_any() -> None:
+    driver = ScriptedTopic([])
+    with Publisher(driver) as pub:
+        for bad, match in [
+            ([OutgoingMessage(b"ok"), OutgoingMessage("text")], "message 1 of the batch: .*bytes"),  # type: ignore[arg-type]
+            ([(b"ok",), (b"x", {"n": 1})], "message 1 of the batch: .*str to str"),
+            ([(b"x", None, 7)], "message 0 of the batch: .*key"),
+            ([b"bare bytes"], "message 0 of the batch must be an OutgoingMessage"),
+        ]:
+            with pytest.raises(InvalidArgument, match=match):
+                pub.send_batch(bad)
+        assert pub.send_batch([]).result(5) == []
+    assert driver.batches == []  # nothing of a refused batch was sent
+
+
+def test_send_batch_resolves_to_ids_in_the_callers_order() -> None:
+    driver = ScriptedTopic([])
+    with Publisher(driver, PublisherSettings(batch_size=4, max_in_flight=3)) as pub:
+        # Keys spread the batch over the lanes; the ids still come back in the batch's order.
+        messages = [OutgoingMessage(f"{i}".encode(), key=f"k{i % 5}" if i % 2 else None) for i in range(25)]
+        ids = pub.send_batch(messages).result(10)
+    assert len(ids) == 25 and len(set(ids)) == 25
+    assert sum(driver.batches) == 25 and max(driver.batches) <= 4
+
+
+def test_send_batch_keeps_key_order_with_sends_and_retries() -> None:
+    # A batch's messages of one key, and sends of that key before and after it, in one order,
+    # although a batch of the key fails once and is retried.
+    driver = RecordingTopic(fail_first_attempt_of={b"a-3"})
+    with Publisher(driver, PublisherSettings(batch_size=2, max_in_flight=4, linger=0)) as pub:
+        futures: list[Any] = [pub.send(b"a-0", key="a"), pub.send(b"b-0", key="b")]
+        futures.append(pub.send_batch([(f"{k}-{i}".encode(), None, k) for i in range(1, 6) for k in ("a", "b", "c")]))
+        futures.append(pub.send(b"a-6", key="a"))
+        assert all(f.exception(15) is None for f in futures)
+    for key in ("a", "b", "c"):
+        order = [body for k, body in driver.accepted if k == key]
+        assert order == sorted(order, key=lambda body: int(body.split(b"-")[1])), key
+
+
+def test_send_batch_does_not_wait_for_linger() -> None:
+    driver = ScriptedTopic([])
+    with Publisher(driver, PublisherSettings(linger=600)) as pub:
+        assert pub.send_batch([OutgoingMessage(b"now")]).result(30) == ["0"]
+
+
+def test_one_failed_lane_fails_the_batch_future_with_one_error() -> None:
+    driver = ScriptedTopic([LookupError("no such topic")])
+    with Publisher(driver, PublisherSettings(max_in_flight=2)) as pub:
+        error = pub.send_batch([(b"x", None, "k1"), (b"y", None, "k2")]).exception(10)
+    assert isinstance(error, NotFound) and "scripted topic 'x'" in str(error)
+
+
+def test_send_batch_larger_than_the_backlog_goes_in_pieces() -> None:
+    driver = ScriptedTopic([])
+    settings = PublisherSettings(batch_size=3, max_in_flight=2, max_queued=4, linger=0)
+    with Publisher(driver, settings) as pub:
+        ids = pub.send_batch([OutgoingMessage(f"{i}".encode()) for i in range(20)]).result(10)
+    assert len(ids) == 20 and sum(driver.batches) == 20
+
+
+def test_send_batch_times_out_when_the_backlog_stays_full() -> None:
+    driver = GatedTopic()
+    settings = PublisherSettings(batch_size=1, max_in_flight=1, max_queued=1, linger=0, send_timeout=0.3)
+    pub = Publisher(driver, settings)
+    first = pub.send(b"1")
+    assert driver.entered.wait(10)
+    second = pub.send(b"2")  # the backlog is full now
+    with pytest.raises(Timeout, match="still queued"):
+        pub.send_batch([OutgoingMessage(b"3")])  # nothing of it was queued: raised, not in a future
+    driver.gate.set()
+    pub.close()
+    assert first.result(10) and second.result(10)
+
+
+def test_send_batch_after_close_raises_closed() -> None:
+    pub = Publisher(ScriptedTopic([]))
+    pub.close()
+    with pytest.raises(Closed, match="scripted topic"):
+        pub.send_batch([OutgoingMessage(b"x")])
+
+
+# -- the futures send() returns --------------------------------------------------------------------
+
+
+def test_send_future_behaves_like_a_future_for_waiters_and_callbacks() -> None:
+    waiting, late, cancelled, failing = SendFuture[str](), SendFuture[str](), SendFuture[str](), SendFuture[str]()
+    seen: list[str] = []
+    waiting.add_done_callback(lambda f: seen.append(f.result()))
+    assert cancelled.cancel() and cancelled.cancelled()
+    waiter = concurrent.futures.ThreadPoolExecutor(1).submit(waiting.result, 10)
+    done_waiter = concurrent.futures.ThreadPoolExecutor(1).submit(
+        concurrent.futures.wait, [waiting, late], 10, concurrent.futures.ALL_COMPLETED
+    )
+    time.sleep(0.05)  # let both start waiting (they pass either way)
+    resolve_all([waiting, late, cancelled], ["a", "b", "c"])  # a cancelled future is skipped
+    fail_all([failing], NotFound("gone"))
+    assert waiter.result(10) == "a" and seen == ["a"]
+    assert len(done_waiter.result(10).done) == 2
+    assert late.done() and late.result() == "b" and late.exception() is None
+    assert [f.result() for f in concurrent.futures.as_completed([late, waiting], timeout=10)] in (
+        ["a", "b"],
+        ["b", "a"],
+    )
+    late.add_done_callback(lambda f: seen.append(f.result()))  # on a done future: runs at once
+    assert seen == ["a", "b"]
+    assert isinstance(failing.exception(), NotFound)
+    with pytest.raises(NotFound):
+        failing.result()
+    assert not SendFuture[str]().done()
+    with pytest.raises(concurrent.futures.TimeoutError):
+        SendFuture[str]().result(timeout=0.01)
+
+
 # -- Subscriber ----------------------------------------------------------------------------------
 
 
@@ -626,7 +745,127 @@ def test_nack_on_a_backend_without_nack_is_an_error() -> None:
         message = sub.receive(timeout=10)
         with pytest.raises(InvalidArgument, match="cannot nack"):
             message.nack()
+        with pytest.raises(InvalidArgument, match="cannot nack"):
+            sub.nack([message])
         message.ack()
+
+
+class RecordingSubscription(NoNackSubscription):
+    """Hands out `count` messages once, records which thread fetched and every ack, signalling each."""
+
+    name = "recording subscription"
+
+    def __init__(self, count: int = 3) -> None:
+        super().__init__()
+        self.count = count
+        self.fetchers: set[str] = set()
+        self.acked: list[Hashable] = []
+        self.ack_arrived = threading.Event()
+
+    def receive_batch(self, max_messages: int, timeout: float) -> list[IncomingMessage]:
+        self.fetchers.add(threading.current_thread().name)
+        if self.sent:
+            threading.Event().wait(timeout)
+            return []
+        self.sent = True
+        return [IncomingMessage(f"m{i}".encode(), {}, None, str(i), i) for i in range(self.count)]
+
+    def send_acks(self, ack_ids: Sequence[Hashable]) -> None:
+        self.acked.extend(ack_ids)
+        self.ack_arrived.set()
+
+    def can_nack(self) -> bool:
+        return True
+
+    def send_nacks(self, ack_ids: Sequence[Hashable]) -> None:
+        pass
+
+
+class EndlessSubscription(RecordingSubscription):
+    """One new message per receive_batch call, for ever."""
+
+    def receive_batch(self, max_messages: int, timeout: float) -> list[IncomingMessage]:
+        self.fetchers.add(threading.current_thread().name)
+        self.count += 1
+        return [IncomingMessage(b"m", {}, None, str(self.count), self.count)]
+
+
+def test_a_receiving_caller_fetches_on_its_own_thread() -> None:
+    # No hand-over from a fetching thread: a caller that finds the buffer empty calls the driver.
+    driver = EndlessSubscription()
+
+    def receive_some() -> None:
+        for _ in range(20):
+            sub.ack(sub.receive_batch(10, timeout=10))
+
+    with Subscriber(driver) as sub:
+        caller = threading.Thread(target=receive_some, name="caller")
+        caller.start()
+        caller.join(10)
+    assert "caller" in driver.fetchers
+
+
+def test_an_ack_reaches_the_broker_while_another_thread_waits_for_messages() -> None:
+    # poll_interval is long: an ack must not wait for it while a receiver sits in the driver.
+    driver = RecordingSubscription()
+    with Subscriber(driver, SubscriberSettings(poll_interval=60)) as sub:
+        messages = sub.receive_batch(10, timeout=10)
+
+        def wait_for_more() -> None:
+            with pytest.raises(Closed):  # the subscriber closes under it at the end
+                sub.receive_batch(10, timeout=30)
+
+        waiter = threading.Thread(target=wait_for_more, daemon=True)
+        waiter.start()
+        messages[0].ack()
+        assert driver.ack_arrived.wait(10), "the ack waited for the receiver's poll"
+    assert driver.acked == [0]
+
+
+def test_batch_ack_settles_each_message_once_and_other_subscribers_messages_through_their_own() -> None:
+    first, second = RecordingSubscription(), RecordingSubscription()
+    with Subscriber(first) as one, Subscriber(second) as two:
+        ours, theirs = one.receive_batch(10, timeout=10), two.receive_batch(10, timeout=10)
+        ours[0].nack()  # first settlement wins: the batch ack leaves it nacked
+        one.ack([*ours, *ours, theirs[1]])
+        assert all(m.acked_or_nacked for m in ours) and theirs[1].acked_or_nacked
+        assert not theirs[0].acked_or_nacked
+    assert sorted(first.acked) == [1, 2] and second.acked == [1]
+
+
+def test_acks_after_close_are_ignored() -> None:
+    driver = RecordingSubscription()
+    sub = Subscriber(driver)
+    messages = sub.receive_batch(10, timeout=10)
+    sub.close()
+    sub.ack(messages)
+    messages[0].ack()
+    assert driver.acked == []  # close() handed them back instead
+
+
+def test_emulated_deadlines_do_not_keep_settled_messages(mem_topic: str) -> None:
+    sub_url = mem_subscription(mem_topic, ack_deadline_s=600)
+    with open_topic(mem_topic) as pub:
+        pub.send_batch([OutgoingMessage(f"{i}".encode()) for i in range(50)]).result(5)
+    with open_subscription(sub_url, ack_deadline=600) as sub:
+        got: list[Any] = []
+        while len(got) < 50:
+            batch = sub.receive_batch(50, timeout=10)
+            sub.ack(batch)
+            got.extend(batch)
+        # Settled messages are not kept until their deadline (at a high rate that was most of the cost).
+        assert not _holds_any(vars(sub), {id(m) for m in got})
+
+
+def _holds_any(container: Any, wanted: set[int], depth: int = 3) -> bool:
+    """Whether `container` holds one of the objects with ids `wanted`, up to `depth` containers deep."""
+    items = container.values() if isinstance(container, dict) else container
+    for item in items:
+        if id(item) in wanted:
+            return True
+        if depth and isinstance(item, list | tuple | dict | collections.deque) and _holds_any(item, wanted, depth - 1):
+            return True
+    return False
 
 
 # -- admin ---------------------------------------------------------------------------------------

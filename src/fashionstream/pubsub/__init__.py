@@ -4,9 +4,12 @@
 
     with open_topic("kafka://127.0.0.1:9092/images") as topic:
         topic.send(b"hello", attributes={"kind": "greeting"}).result()
+        topic.send_batch([OutgoingMessage(b"a"), OutgoingMessage(b"b", key="k")]).result()  # [id, id]
     with open_subscription("kafka://127.0.0.1:9092/images?group=service") as sub:
         message = sub.receive(timeout=10)
         message.ack()
+        batch = sub.receive_batch(100, timeout=1)
+        sub.ack(batch)                              # one call for many
 
 Code configured with one broker makes its topic and subscription URLs with
 `parse_broker`:
@@ -25,6 +28,7 @@ import logging
 from typing import Any
 
 from fashionstream.pubsub.broker import Broker, broker_url_help, parse_broker
+from fashionstream.pubsub.driver import OutgoingMessage
 from fashionstream.pubsub.drivers import client_imports, for_url, native_ack_deadlines
 from fashionstream.pubsub.errors import (
     AlreadyExists,
@@ -104,6 +108,7 @@ __all__ = [
     "Message",
     "MissingExtra",
     "NotFound",
+    "OutgoingMessage",
     "PermissionDenied",
     "PubSubError",
     "Publisher",

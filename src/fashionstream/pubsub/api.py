@@ -95,10 +95,10 @@ class PubSubAPI:
         GooglePubSub (`topic` is then needed only to create it when create_missing is on).
         Returns [] if nothing arrived within `timeout` seconds.
         """
-        bodies = []
-        for message in self.receive_messages(source, max_messages, timeout, topic=topic):
-            bodies.append(_decode(message.data))
-            message.ack()
+        subscriber = self._subscriber(source, topic)
+        messages = subscriber.receive_batch(max_messages, timeout)
+        bodies = [_decode(message.data) for message in messages]
+        subscriber.ack(messages)
         return bodies
 
     def receive_messages(

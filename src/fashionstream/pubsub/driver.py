@@ -52,12 +52,17 @@ Conventions the portable layer relies on:
   library while opening becomes `MissingExtra` naming `EXTRA`.
 - `TopicDriver.send_batch` may be called from several threads at once
   (concurrent in-flight batches). A `SubscriptionDriver` is called from one
-  thread at a time (the subscriber's worker); `close` comes after that thread ends.
+  thread at a time (whichever thread has the subscriber's turn: a receiving
+  caller or the subscriber's worker); `close` comes after the last turn.
 - `AdminDriver` methods take short names, never URLs: "images", "service".
   The driver adds what its URL says (Kafka: the bootstrap servers; Pub/Sub:
   the project). For Kafka, `create_subscription(group, topic=...)` only checks
   that the topic exists (consumer groups need no creation); for `mem` the
   subscription belongs to `topic`.
+- A `SubscriptionDriver` whose broker pushes messages (Pub/Sub StreamingPull)
+  may also have `limit_outstanding(count)`: the subscriber calls it once, before
+  the first `receive_batch`, with its `max_outstanding`, the most unacked
+  messages the broker should let it hold (flow control).
 - An `AdminDriver` may also have `name`, `error_code(error)` and
   `is_retryable(error)` like the other drivers; `fashionstream.pubsub.admin`
   then wraps and retries its errors the same way (without them, native errors
@@ -67,11 +72,12 @@ Conventions the portable layer relies on:
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from fashionstream.pubsub.errors import ErrorCode
+from fashionstream.pubsub.message import Message
 
 
 @dataclass(frozen=True)
@@ -109,30 +115,31 @@ class ApiConfig:
     create_missing: bool = False
 
 
-@dataclass
-class OutgoingMessage:
-    """One message handed to `TopicDriver.send_batch`."""
-
-    data: bytes
-    attributes: dict[str, str] = field(default_factory=dict)
-    key: str | None = None
+#: The attributes of a message that has none: one shared, read-only mapping instead of a dict per message.
+NO_ATTRIBUTES: Mapping[str, str] = MappingProxyType({})
 
 
-@dataclass
-class IncomingMessage:
-    """One message returned by `SubscriptionDriver.receive_batch`.
+class OutgoingMessage(NamedTuple):
+    """One message to send: what `Publisher.send_batch` takes and `TopicDriver.send_batch` receives.
 
-    `ack_id` is opaque to the portable layer: it hands it back unchanged to
-    `send_acks` / `send_nacks`. It must be hashable so acks can be de-duplicated.
+    `OutgoingMessage(b"...", {"content-type": "image/png"}, key="camera-7")`. A tuple, so a
+    plain `(data, attributes, key)` tuple is the same thing, and a driver reads it without a
+    copy. The publisher hands drivers `bytes` data, a `dict` of str (or `NO_ATTRIBUTES`) and a
+    str or None key, checked and copied from what the caller passed.
     """
 
     data: bytes
-    attributes: dict[str, str]
-    key: str | None
-    id: str
-    ack_id: Hashable
-    publish_time: datetime | None = None
-    delivery_attempt: int | None = None  # 1 on first delivery, None when the broker does not say
+    attributes: Mapping[str, str] = NO_ATTRIBUTES
+    key: str | None = None
+
+
+#: What `SubscriptionDriver.receive_batch` returns: the very `Message` the caller receives, built
+#: once by the driver (positional: `Message(data, attributes, key, id, ack_id, publish_time,
+#: delivery_attempt)`); the subscriber attaches itself when it hands the message out. `ack_id` is
+#: opaque to the portable layer, which gives it back unchanged to `send_acks` / `send_nacks`; it
+#: must be hashable so acks can be de-duplicated. `publish_time` may be a `datetime` or POSIX
+#: seconds (a float, turned into a datetime only if the caller reads it).
+IncomingMessage = Message
 
 
 @runtime_checkable
@@ -232,6 +239,7 @@ __all__ = [
     "AdminDriver",
     "ApiConfig",
     "ErrorCode",
+    "NO_ATTRIBUTES",
     "IncomingMessage",
     "OutgoingMessage",
     "ParsedURL",

@@ -3,13 +3,18 @@
 A message is acknowledged once: the first of `ack()` / `nack()` wins and the
 rest are ignored, so a double ack is harmless and an ack after a nack does not
 undo the redelivery. The actual acks travel to the broker in batches, sent by
-the subscriber that delivered the message.
+the subscriber that delivered the message; `Subscriber.ack(messages)` settles
+a whole batch under one lock, with the same rule.
+
+Drivers build these objects themselves (`driver.IncomingMessage` is this
+class), so receiving costs one object per message; the subscriber attaches
+itself (`_sink`) when it hands a message to the caller.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
 
 
@@ -31,29 +36,48 @@ class Message:
         delivery_attempt: 1 on first delivery, higher on redelivery; None if the broker does not count.
     """
 
-    __slots__ = ("data", "attributes", "key", "id", "publish_time", "delivery_attempt", "_ack_id", "_sink", "_done")
+    __slots__ = (
+        "data", "attributes", "key", "id", "delivery_attempt", "_ack_id", "_stamp", "_sink", "_done", "_due",
+    )  # fmt: skip
+
+    _due: float  # monotonic time its emulated ack deadline passes; set on delivery where deadlines are emulated
 
     def __init__(
         self,
-        *,
         data: bytes,
         attributes: dict[str, str],
         key: str | None,
         id: str,
         ack_id: Hashable,
-        publish_time: datetime | None,
-        delivery_attempt: int | None,
-        sink: _AckSink | None = None,
+        publish_time: datetime | float | None = None,
+        delivery_attempt: int | None = None,
     ) -> None:
+        # Positional parameters and no other work: drivers build one of these per received message.
         self.data = data
         self.attributes = attributes
         self.key = key
         self.id = id
-        self.publish_time = publish_time
-        self.delivery_attempt = delivery_attempt
         self._ack_id = ack_id
-        self._sink = sink
+        self._stamp = publish_time  # a datetime, or POSIX seconds turned into one when read
+        self.delivery_attempt = delivery_attempt
+        self._sink: _AckSink | None = None
         self._done = False
+
+    @property
+    def publish_time(self) -> datetime | None:
+        """When the broker accepted the message (timezone-aware UTC), or None if the broker does not say."""
+        stamp = self._stamp
+        if stamp is None or isinstance(stamp, datetime):
+            return stamp
+        # Drivers pass seconds: most callers never read the time, so the datetime is made on demand.
+        when = datetime.fromtimestamp(stamp, tz=UTC)
+        self._stamp = when
+        return when
+
+    @property
+    def ack_id(self) -> Hashable:
+        """The broker's handle for this delivery; opaque, used by the subscriber and its driver."""
+        return self._ack_id
 
     def ack(self) -> None:
         """Acknowledge: the broker will not deliver this message again. Repeated calls are harmless."""

@@ -9,23 +9,31 @@ messages fill one lane's batch, then move on to the next lane.
 
 `send()` validates the message, creates its future and appends both to its
 lane's list under the lane's lock; that is the whole per-message cost on the
-caller's thread (no queue, no extra thread hop). The lane's thread takes the
-whole list as one batch when it is full or `linger` seconds after its first
-message, sends it with retries on retryable driver errors until
-`send_timeout`, and resolves every future of the batch with the broker's id
-or one wrapped error.
+caller's thread (no queue, no extra thread hop). `send_batch()` does the same
+for many messages at once with one future for all: it appends each lane's
+share of the batch in one go, with one *part* (where those messages' ids go in
+the batch's result) standing in for the futures. The lane's thread takes the
+whole list as one batch when it is full, when a flush or a `send_batch` asks
+for it, or `linger` seconds after its first message; sends it with retries on
+retryable driver errors until `send_timeout`; and resolves every future (and
+part) of the batch with the broker's ids or one wrapped error.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import threading
 import time
-from concurrent.futures import Future, InvalidStateError
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from fashionstream.pubsub import errors
-from fashionstream.pubsub.driver import OutgoingMessage, TopicDriver
+from fashionstream.pubsub.driver import NO_ATTRIBUTES, OutgoingMessage, TopicDriver
+from fashionstream.pubsub.futures import SendFuture, fail_all, resolve_all
 from fashionstream.pubsub.retry import call_with_retries, wrap_error
 
 #: Options `open_topic` consumes itself; every other option goes to the driver.
@@ -61,6 +69,74 @@ class PublisherSettings:
             )
 
 
+#: What `send_batch` takes per message: an `OutgoingMessage`, or a `(data, attributes, key)` tuple.
+BatchItem = OutgoingMessage | tuple[Any, ...]
+
+# Builds an OutgoingMessage from a 3-tuple in C, skipping the namedtuple's Python-level __new__.
+_new_message = functools.partial(tuple.__new__, OutgoingMessage)
+
+
+class _Batch:
+    """One `send_batch` call: its future, and its ids put back in the caller's order as lanes report them."""
+
+    __slots__ = ("future", "ids", "unresolved", "failed", "lock")
+
+    def __init__(self, size: int) -> None:
+        self.future: SendFuture[list[str]] = SendFuture()
+        self.ids: list[str] = [""] * size
+        self.unresolved = size
+        self.failed = False
+        self.lock = threading.Lock()
+
+    def resolved(self, count: int) -> None:
+        """`count` more ids are in place; the last ones resolve the future."""
+        with self.lock:
+            self.unresolved -= count
+            if self.unresolved or self.failed:
+                return
+        resolve_all((self.future,), (self.ids,))
+
+    def fail(self, error: BaseException) -> None:
+        """The first failure of any of its messages fails the whole batch's future."""
+        with self.lock:
+            if self.failed:
+                return
+            self.failed = True
+        fail_all((self.future,), error)
+
+
+class _Part:
+    """A run of one batch's messages, contiguous in one lane: where their ids go in the batch's result.
+
+    In the lane's `sinks` list the part stands in for each of its messages (one reference per
+    message), where `send()` puts a future. Only that lane's thread reads `taken`.
+    """
+
+    __slots__ = ("batch", "positions", "taken")
+
+    def __init__(self, batch: _Batch, positions: Sequence[int]) -> None:
+        self.batch = batch
+        self.positions = positions  # indices into the batch, increasing; a range when contiguous
+        self.taken = 0  # how many of them have their ids (or failed)
+
+    def settle(self, ids: list[str], start: int) -> int:
+        """Take ids for this part's next messages from ids[start:]; return the index after the last one taken."""
+        count = min(len(self.positions) - self.taken, len(ids) - start)
+        wanted = self.positions[self.taken : self.taken + count]
+        out = self.batch.ids
+        if type(wanted) is range:
+            out[wanted.start : wanted.stop] = ids[start : start + count]
+        else:
+            for position, message_id in zip(wanted, ids[start : start + count], strict=True):
+                out[position] = message_id
+        self.taken += count
+        self.batch.resolved(count)
+        return start + count
+
+
+Sink = Future[str] | _Part
+
+
 class _Lane:
     """One lane: messages waiting for a batch, and the counters flush() and the sender thread share.
 
@@ -68,7 +144,7 @@ class _Lane:
     """
 
     __slots__ = (
-        "lock", "work", "room", "done", "messages", "futures", "nbytes", "first_at", "sleeping",
+        "lock", "work", "room", "done", "messages", "sinks", "nbytes", "first_at", "sleeping",
         "taken", "completed", "flush_upto", "room_waiters", "flush_waiters", "stopping", "thread",
     )  # fmt: skip
 
@@ -78,13 +154,13 @@ class _Lane:
         self.room = threading.Condition(self.lock)  # send() waits here while the lane is full
         self.done = threading.Condition(self.lock)  # flush() waits here for batches to complete
         self.messages: list[OutgoingMessage] = []
-        self.futures: list[Future[str]] = []
+        self.sinks: list[Sink] = []  # per message: its future (send) or its batch's part (send_batch)
         self.nbytes = 0  # bytes of data in `messages`
         self.first_at = 0.0  # monotonic time the oldest waiting message arrived
         self.sleeping = False  # the sender waits on `work` and needs a notify to see a change
         self.taken = 0  # messages ever taken into a batch
         self.completed = 0  # messages whose future is resolved (taken or failed at close)
-        self.flush_upto = 0  # a flush waits for the first `flush_upto` messages: do not linger
+        self.flush_upto = 0  # a flush or send_batch waits for the first `flush_upto` messages: do not linger
         self.room_waiters = 0
         self.flush_waiters = 0
         self.stopping = False
@@ -94,8 +170,8 @@ class _Lane:
 class Publisher:
     """Sends messages to one topic. Open with `fashionstream.pubsub.open_topic(url)`.
 
-    Thread-safe: any number of threads may call `send` at once. Messages with one key
-    reach the broker in the order their `send` calls returned.
+    Thread-safe: any number of threads may call `send` and `send_batch` at once. Messages
+    with one key reach the broker in the order they were handed to `send` / `send_batch`.
     """
 
     def __init__(self, driver: TopicDriver, settings: PublisherSettings | None = None) -> None:
@@ -115,7 +191,7 @@ class Publisher:
         """What this publisher sends to, e.g. "kafka topic 'images' at 127.0.0.1:9092"."""
         return self._driver.name
 
-    def send(self, data: bytes, attributes: dict[str, str] | None = None, key: str | None = None) -> Future[str]:
+    def send(self, data: bytes, attributes: Mapping[str, str] | None = None, key: str | None = None) -> Future[str]:
         """Queue one message; the future resolves to the broker's message id or a PubSubError.
 
         Raises Closed after close(), InvalidArgument for data that is not bytes or
@@ -124,20 +200,8 @@ class Publisher:
         if self._closed:
             raise self._closed_error()
         if type(data) is not bytes:
-            if not isinstance(data, bytes | bytearray | memoryview):
-                raise errors.InvalidArgument(
-                    f"message data must be bytes, got {type(data).__name__}; encode text with .encode() first"
-                )
-            data = bytes(data)
-        if attributes:
-            for k, v in attributes.items():
-                if type(k) is not str or type(v) is not str:
-                    raise errors.InvalidArgument(
-                        f"message attributes must map str to str, got {k!r}: {v!r} ({type(v).__name__})"
-                    )
-            attributes = dict(attributes)  # the caller may reuse its dict
-        else:
-            attributes = {}
+            data = _as_bytes(data, "")
+        attributes = _checked_attributes(attributes, "") if attributes else NO_ATTRIBUTES
         if key is None:
             index = self._keyless_lane
         elif type(key) is str:
@@ -146,8 +210,8 @@ class Publisher:
         else:
             raise errors.InvalidArgument(f"message key must be str or None, got {type(key).__name__}")
         lane = self._lanes[index]
-        future: Future[str] = Future()
-        message = OutgoingMessage(data, attributes, key)
+        future: SendFuture[str] = SendFuture()
+        message = _new_message((data, attributes, key))
         with lane.lock:
             # Checked again under the lane's lock: close() flushes what is in the lanes once
             # _closed is set, so nothing may be added after that.
@@ -157,7 +221,7 @@ class Publisher:
                 self._wait_for_room(lane)
             messages = lane.messages
             messages.append(message)
-            lane.futures.append(future)
+            lane.sinks.append(future)
             lane.nbytes += len(data)
             waiting = len(messages)
             if waiting == 1:
@@ -174,8 +238,108 @@ class Publisher:
             self._keyless_lane = (index + 1) % self._lane_count
         return future
 
+    def send_batch(self, messages: Iterable[BatchItem]) -> Future[list[str]]:
+        """Queue many messages at once; one future resolves to their ids, in order, or to one PubSubError.
+
+        Each message is an `OutgoingMessage(data, attributes, key)` or a plain
+        `(data, attributes, key)` tuple (attributes and key may be None or left out).
+        Per message it means what `send` means, with the same lanes, so messages with one
+        key keep their order, also relative to `send` calls. The batch does not wait for
+        `linger`: its messages go out as soon as their lanes are free. The future fails
+        if any message fails (others may have been sent).
+
+        Raises Closed after close(), InvalidArgument (naming the message's position) for a
+        malformed message, before anything is queued. Where the backlog is full it waits
+        like `send` (back-pressure); if that times out, or the publisher is closed meanwhile,
+        before any of the batch was queued, it raises Timeout / Closed, otherwise the
+        future fails with it.
+        """
+        if self._closed:
+            raise self._closed_error()
+        checked, keyed = _checked_batch(messages)
+        batch = _Batch(len(checked))
+        if not checked:
+            batch.resolved(0)
+            return batch.future
+        try:
+            if keyed:
+                self._enqueue_keyed(checked, batch)
+            else:
+                self._enqueue(checked, range(len(checked)), None, batch)
+        except _PartlyQueued as partly:
+            batch.fail(partly.error)
+        return batch.future
+
     def _closed_error(self) -> errors.Closed:
         return errors.Closed(f"publisher for {self._driver.name} is closed; open a new one with open_topic()")
+
+    def _enqueue_keyed(self, messages: list[OutgoingMessage], batch: _Batch) -> None:
+        """Queue a batch holding keys: each lane gets its share in one run, keys in order."""
+        lane_count, keyless = self._lane_count, self._keyless_lane
+        shares: dict[int, list[int]] = {}
+        for position, message in enumerate(messages):
+            key = message.key
+            index = keyless if key is None else hash(key) % lane_count
+            share = shares.get(index)
+            if share is None:
+                shares[index] = [position]
+            else:
+                share.append(position)
+        queued = False
+        for index, positions in shares.items():
+            try:
+                self._enqueue([messages[p] for p in positions], positions, index, batch)
+            except errors.PubSubError as error:
+                if queued:
+                    raise _PartlyQueued(error) from error
+                raise
+            queued = True
+
+    def _enqueue(
+        self, messages: list[OutgoingMessage], positions: Sequence[int], index: int | None, batch: _Batch
+    ) -> None:
+        """Append messages of one batch to lane `index` (keyless: to the keyless lanes, a full batch each).
+
+        A run that does not fit the lane's backlog is appended in pieces, waiting for room in
+        between. Raises Timeout / Closed if nothing was queued, _PartlyQueued otherwise.
+        """
+        start, total = 0, len(messages)
+        batch_size, max_bytes = self._batch_size, self._max_batch_bytes
+        while start < total:
+            lane_index = self._keyless_lane if index is None else index
+            lane = self._lanes[lane_index]
+            with lane.lock:
+                try:
+                    if self._closed:
+                        raise self._closed_error()
+                    if len(lane.messages) >= self._lane_max_queued:
+                        self._wait_for_room(lane)
+                except errors.PubSubError as error:
+                    if start:
+                        raise _PartlyQueued(error) from error
+                    raise
+                waiting = len(lane.messages)
+                stop = min(total, start + self._lane_max_queued - waiting)
+                if index is None:
+                    # Fill up this lane's batch (the one it is already gathering, or a new one), then the next lane.
+                    stop = min(stop, start + batch_size - waiting % batch_size)
+                chunk = messages if (start, stop) == (0, total) else messages[start:stop]
+                lane.messages.extend(chunk)
+                lane.sinks.extend(itertools.repeat(_Part(batch, positions[start:stop]), stop - start))
+                lane.nbytes += sum([len(m.data) for m in chunk])
+                if waiting == 0:
+                    lane.first_at = time.monotonic()
+                    if lane.thread is None:
+                        self._start_sender(lane, lane_index)
+                # The caller batched already: no lingering for more, as for a flush.
+                lane.flush_upto = max(lane.flush_upto, lane.taken + len(lane.messages))
+                if lane.sleeping:
+                    lane.sleeping = False
+                    lane.work.notify()
+                full = len(lane.messages) >= batch_size or lane.nbytes >= max_bytes
+            if index is None and full:
+                self._keyless_lane = (lane_index + 1) % self._lane_count
+            start = stop
 
     def _wait_for_room(self, lane: _Lane) -> None:
         """Block the caller (lane lock held) until the lane's backlog shrinks (back-pressure), or time out."""
@@ -308,29 +472,29 @@ class Publisher:
                     lane.sleeping = True
                     lane.work.wait(remaining)
                 lane.sleeping = False
-                messages, futures = lane.messages, lane.futures
+                messages, sinks = lane.messages, lane.sinks
                 if len(messages) > batch_size or lane.nbytes > max_bytes:
                     cut = _batch_end(messages, batch_size, max_bytes)
                     # The rest already waited its linger: its first_at stays in the past.
-                    lane.messages, lane.futures = messages[cut:], futures[cut:]
-                    messages, futures = messages[:cut], futures[:cut]
-                    lane.nbytes -= sum(len(m.data) for m in messages)
+                    lane.messages, lane.sinks = messages[cut:], sinks[cut:]
+                    messages, sinks = messages[:cut], sinks[:cut]
+                    lane.nbytes -= sum([len(m.data) for m in messages])
                 else:
-                    lane.messages, lane.futures = [], []
+                    lane.messages, lane.sinks = [], []
                     lane.nbytes = 0
                 lane.taken += len(messages)
                 if lane.room_waiters:
                     lane.room.notify_all()
             try:
-                self._send_batch(messages, futures)
+                self._send_batch(messages, sinks)
             finally:
                 with lane.lock:
                     lane.completed += len(messages)
                     if lane.flush_waiters:
                         lane.done.notify_all()
 
-    def _send_batch(self, messages: list[OutgoingMessage], futures: list[Future[str]]) -> None:
-        """Send one batch with retries and resolve its futures; runs on the lane's thread."""
+    def _send_batch(self, messages: list[OutgoingMessage], sinks: list[Sink]) -> None:
+        """Send one batch with retries and resolve its futures and parts; runs on the lane's thread."""
         driver = self._driver
         try:
             ids = call_with_retries(
@@ -343,31 +507,117 @@ class Publisher:
                     f"driver for {driver.name} returned {len(ids)} ids for {len(messages)} messages (driver bug)"
                 )
         except Exception as err:
-            wrapped = wrap_error(driver, err, "sending to")
-            for future in futures:
-                _resolve(future, None, wrapped)
+            _fail_sinks(sinks, wrap_error(driver, err, "sending to"))
             return
-        for future, message_id in zip(futures, ids, strict=True):
-            # A caller may have cancelled its future; the message went out anyway (it was already
-            # queued), and a cancelled future cannot take a result. Catching that here instead of
-            # set_running_or_notify_cancel() per message keeps the hot path one lock shorter.
-            try:  # noqa: SIM105 - try/except is cheaper than contextlib.suppress on this per-message path
-                future.set_result(message_id)
-            except InvalidStateError:
-                pass
+        _settle_sinks(sinks, ids)
 
     def _fail_waiting(self, lane: _Lane) -> None:
         """Fail the messages still waiting in a lane at close (lane lock held)."""
         if not lane.messages:
             return
-        closed = errors.Closed(f"publisher for {self._driver.name} was closed before sending")
-        for future in lane.futures:
-            _resolve(future, None, closed)
-        lane.completed += len(lane.futures)
-        lane.messages, lane.futures = [], []
+        _fail_sinks(lane.sinks, errors.Closed(f"publisher for {self._driver.name} was closed before sending"))
+        lane.completed += len(lane.sinks)
+        lane.messages, lane.sinks = [], []
         lane.nbytes = 0
         lane.done.notify_all()
         lane.room.notify_all()
+
+
+class _PartlyQueued(Exception):
+    """Raised inside send_batch when queueing failed after part of the batch was queued: fail the future."""
+
+    def __init__(self, error: errors.PubSubError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _settle_sinks(sinks: list[Sink], ids: list[str]) -> None:
+    """Give each message of a sent batch its id: futures directly, parts into their batch's result."""
+    if _Part not in set(map(type, sinks)):
+        resolve_all(sinks, ids)  # type: ignore[arg-type]  # all futures: the per-message path
+        return
+    futures: list[Future[str]] = []
+    future_ids: list[str] = []
+    index, count = 0, len(ids)
+    while index < count:
+        sink = sinks[index]
+        if type(sink) is _Part:
+            index = sink.settle(ids, index)
+        else:
+            futures.append(sink)  # type: ignore[arg-type]
+            future_ids.append(ids[index])
+            index += 1
+    resolve_all(futures, future_ids)
+
+
+def _fail_sinks(sinks: list[Sink], error: errors.PubSubError) -> None:
+    """Fail every future and batch with messages in a failed batch."""
+    futures: list[Future[str]] = []
+    batches: dict[int, _Batch] = {}
+    for sink in sinks:
+        if type(sink) is _Part:
+            sink.taken += 1
+            batches[id(sink.batch)] = sink.batch
+        else:
+            futures.append(sink)  # type: ignore[arg-type]
+    fail_all(futures, error)
+    for batch in batches.values():
+        batch.fail(error)
+
+
+def _checked_batch(messages: Iterable[BatchItem]) -> tuple[list[OutgoingMessage], bool]:
+    """The batch as OutgoingMessages with bytes data, copied str attributes and str keys; and whether any has a key.
+
+    Raises InvalidArgument naming the first malformed message's position.
+    """
+    checked: list[OutgoingMessage] = []
+    append = checked.append
+    keyed = False
+    for position, message in enumerate(messages):
+        if type(message) is OutgoingMessage:
+            data, attributes, key = message
+            # The usual message needs no change: bytes, no attributes, a str key or none.
+            if type(data) is bytes and attributes is NO_ATTRIBUTES and (key is None or type(key) is str):
+                keyed = keyed or key is not None
+                append(message)
+                continue
+        elif isinstance(message, tuple) and 1 <= len(message) <= 3:
+            data, attributes, key = (*message, None, None)[:3]
+        else:
+            raise errors.InvalidArgument(
+                f"message {position} of the batch must be an OutgoingMessage or a (data, attributes, key) "
+                f"tuple, got {type(message).__name__}"
+            )
+        where = f"message {position} of the batch: "
+        if type(data) is not bytes:
+            data = _as_bytes(data, where)
+        attributes = _checked_attributes(attributes, where) if attributes else NO_ATTRIBUTES
+        if key is not None:
+            if type(key) is not str:
+                raise errors.InvalidArgument(f"{where}message key must be str or None, got {type(key).__name__}")
+            keyed = True
+        append(_new_message((data, attributes, key)))
+    return checked, keyed
+
+
+def _as_bytes(data: object, where: str) -> bytes:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise errors.InvalidArgument(
+            f"{where}message data must be bytes, got {type(data).__name__}; encode text with .encode() first"
+        )
+    return bytes(data)
+
+
+def _checked_attributes(attributes: Mapping[str, str], where: str) -> dict[str, str]:
+    """A copy (the caller may reuse its dict) after checking every name and value is a str."""
+    if not isinstance(attributes, Mapping):
+        raise errors.InvalidArgument(f"{where}message attributes must be a dict, got {type(attributes).__name__}")
+    for k, v in attributes.items():
+        if type(k) is not str or type(v) is not str:
+            raise errors.InvalidArgument(
+                f"{where}message attributes must map str to str, got {k!r}: {v!r} ({type(v).__name__})"
+            )
+    return dict(attributes)
 
 
 def _batch_end(messages: list[OutgoingMessage], batch_size: int, max_bytes: int) -> int:
@@ -378,14 +628,3 @@ def _batch_end(messages: list[OutgoingMessage], batch_size: int, max_bytes: int)
         if size > max_bytes:
             return max(index, 1)
     return min(len(messages), batch_size)
-
-
-def _resolve(future: Future[str], result: str | None, error: BaseException | None) -> None:
-    """Set a future's outcome unless the caller cancelled it."""
-    try:
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result or "")
-    except InvalidStateError:
-        pass

@@ -1,13 +1,31 @@
 """`Subscriber`: the portable receiving side, written once for every backend.
 
-One worker thread per subscriber does all the talking to the driver (so a
-driver never sees two threads at once): it sends the acks and nacks collected
-since its last turn, nacks messages whose emulated ack deadline passed, and
-prefetches the next batch into a buffer that `receive` / `receive_batch` /
-iteration take from. Prefetch is bounded: the buffer holds at most
+Whoever needs the driver takes a *turn* with it, one thread at a time, so a
+driver never sees two threads at once. A turn sends the acks and nacks
+collected since the last one, nacks messages whose emulated ack deadline
+passed, and fetches a batch into the buffer that `receive` / `receive_batch` /
+iteration take from. A caller that finds the buffer empty takes the turn
+itself, on its own thread, and gets what the driver returned without a
+hand-over between threads (measured with Kafka, a hand-over to a fetching
+thread doubled the CPU per received message). A caller that finds another
+thread in a turn waits until that turn brings messages or ends.
+
+The subscriber's worker thread takes turns only for what no caller does: it
+sends acks and nacks that waited `SETTLE_INTERVAL` without a turn, nacks
+messages past their emulated deadline, and fetches ahead while no caller has
+fetched for `poll_interval`, so an idle consumer finds messages waiting and a
+Kafka consumer keeps polling. Fetching is bounded: the buffer holds at most
 `receive_batch_size` messages and buffer plus unacked messages at most
 `max_outstanding`, so a slow consumer does not hoard messages whose broker
 deadline is ticking.
+
+Latency: a caller waiting in `receive` / `receive_batch` returns as soon as a
+turn brings a message. A turn waits in the driver for at most `poll_interval`,
+and for at most `SETTLE_INTERVAL` while messages are buffered or delivered and
+unsettled, so an ack reaches the broker within a few milliseconds even while
+another thread waits for messages: brokers that hold back the next message of
+a key until the previous one is acked (mem, ordered Pub/Sub) depend on that.
+A caller's own turn sends its acks before it asks for more.
 """
 
 from __future__ import annotations
@@ -16,12 +34,12 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
 from fashionstream.pubsub import errors
-from fashionstream.pubsub.driver import IncomingMessage, SubscriptionDriver
+from fashionstream.pubsub.driver import SubscriptionDriver
 from fashionstream.pubsub.message import Message
 from fashionstream.pubsub.retry import backoff_delays, call_with_retries, wrap_error
 
@@ -35,6 +53,10 @@ SUBSCRIBER_OPTIONS = frozenset(
 # Used as the ack deadline on backends without native deadlines when none is given (Pub/Sub's default is 10-600 s).
 DEFAULT_EMULATED_ACK_DEADLINE = 30.0
 
+#: Longest wait in one driver call while messages are buffered or delivered and unsettled, and how
+#: long acks and nacks wait for a caller's turn before the worker sends them (module docstring).
+SETTLE_INTERVAL = 0.005
+
 
 @dataclass(frozen=True)
 class SubscriberSettings:
@@ -45,7 +67,7 @@ class SubscriberSettings:
     ack_deadline: float | None = None
     max_outstanding: int = 1000  # buffered + delivered-but-unacked messages at most
     receive_batch_size: int = 100  # messages asked of the driver per call
-    poll_interval: float = 0.1  # seconds one driver receive call may wait; also the ack batching period
+    poll_interval: float = 0.1  # seconds one driver receive call may wait at most
     retry_timeout: float = 30.0  # seconds of retryable driver errors before receive() reports them
 
     def __post_init__(self) -> None:
@@ -79,26 +101,41 @@ class Subscriber:
         self._driver = driver
         self._settings = settings = settings or SubscriberSettings()
         self._can_nack = bool(driver.can_nack())
+        limit_outstanding = getattr(driver, "limit_outstanding", None)
+        if limit_outstanding is not None:
+            limit_outstanding(settings.max_outstanding)  # a broker that pushes stops at this many unacked
         # Emulate deadlines when asked explicitly, or by default where the broker has none.
         deadline = settings.ack_deadline
         if deadline is None and not native_ack_deadlines:
             deadline = DEFAULT_EMULATED_ACK_DEADLINE
         self._ack_deadline = deadline if self._can_nack else None
+        self._settle_wait = min(settings.poll_interval, SETTLE_INTERVAL)
+        # Everything below is guarded by _lock; _ready (on the same lock) is signalled when a turn
+        # brings messages or ends, on a final error and on close, while anyone waits on it.
         self._lock = threading.Lock()
-        self._ready = threading.Condition(self._lock)  # signalled when the buffer fills, on error and on close
-        self._buffer: collections.deque[IncomingMessage] = collections.deque()
+        self._ready = threading.Condition(self._lock)
+        self._waiters = 0  # threads waiting on _ready
+        self._buffer: collections.deque[Message] = collections.deque()
         self._outstanding: dict[Hashable, Message] = {}
-        self._deadlines: collections.deque[tuple[float, list[Message]]] = collections.deque()
+        # Emulated ack deadlines: each delivered message carries its own (`_due`), and _outstanding
+        # (only unsettled messages, in delivery order, so in deadline order) is looked through when
+        # the oldest one it held when last looked at may have passed.
+        self._next_due = float("inf")
         self._pending_acks: list[Hashable] = []
         self._pending_nacks: list[Hashable] = []
+        self._pending_since = 0.0  # when the oldest pending ack or nack was recorded
+        self._in_turn = False  # a thread is in a turn with the driver
+        self._receivers = 0  # callers inside receive / receive_batch
+        self._caller_fetched_at = float("-inf")  # the last fetch in a caller's turn
         self._error: errors.PubSubError | None = None
         self._error_is_final = False
+        self._failing_since: float | None = None
+        self._next_delay = backoff_delays(maximum=2.0)
         self._closed = False
-        self._stop = threading.Event()
-        # The worker sleeps on _wake when the buffer is full; takers and ackers set it only while
-        # _starved, so the common path costs no extra lock.
+        self._stop = threading.Event()  # set by close(): ends back-off sleeps
+        # The worker sleeps on _wake; a first pending ack sets it while the worker sleeps long.
         self._wake = threading.Event()
-        self._starved = False
+        self._worker_sleeps_long = False
         self._worker = threading.Thread(target=self._work, name="pubsub-receive", daemon=True)
         self._worker.start()
 
@@ -115,48 +152,16 @@ class Subscriber:
         Raises Timeout if none arrived in time, Closed after close(), or the broker's
         error (NotFound, Unavailable, ...) if receiving failed.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._ready:
-            while True:
-                self._raise_if_closed()
-                if self._buffer:
-                    if self._starved:
-                        self._starved = False  # one wake-up per stall, not one per message
-                        self._wake.set()
-                    return self._deliver(1)[0]
-                if self._error is not None:
-                    raise self._error
-                if deadline is None:
-                    self._ready.wait()
-                else:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise errors.Timeout(f"no message from {self._driver.name} within {timeout} s")
-                    self._ready.wait(remaining)
+        messages = self._receive(1, timeout)
+        if not messages:
+            raise errors.Timeout(f"no message from {self._driver.name} within {timeout} s")
+        return messages[0]
 
     def receive_batch(self, max_messages: int = 100, timeout: float | None = None) -> list[Message]:
         """Up to `max_messages` messages: what is available once at least one is, or [] after `timeout`."""
         if max_messages < 1:
             raise errors.InvalidArgument(f"max_messages must be at least 1, got {max_messages}")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._ready:
-            while True:
-                self._raise_if_closed()
-                if self._buffer:
-                    count = min(max_messages, len(self._buffer))
-                    if self._starved:
-                        self._starved = False  # one wake-up per stall, not one per message
-                        self._wake.set()
-                    return self._deliver(count)
-                if self._error is not None:
-                    raise self._error
-                if deadline is None:
-                    self._ready.wait()
-                else:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return []
-                    self._ready.wait(remaining)
+        return self._receive(max_messages, timeout)
 
     def __iter__(self) -> Iterator[Message]:
         """Yield messages until the subscriber is closed (from another thread, say)."""
@@ -165,6 +170,98 @@ class Subscriber:
                 yield self.receive()
             except errors.Closed:
                 return
+
+    def _receive(self, max_messages: int, timeout: float | None) -> list[Message]:
+        """Deliver from the buffer; when it is empty, take a turn to fill it, or wait for another's."""
+        with self._lock:
+            if self._buffer and not self._closed:
+                return self._deliver(min(max_messages, len(self._buffer)))  # the usual case: at once
+            self._receivers += 1  # while a caller is here, the worker leaves fetching to it
+        try:
+            return self._receive_as_receiver(max_messages, timeout)
+        finally:
+            with self._lock:
+                self._receivers -= 1
+
+    def _receive_as_receiver(self, max_messages: int, timeout: float | None) -> list[Message]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        first = True  # even timeout=0 gets one turn, without waiting in the driver
+        while True:
+            with self._lock:
+                self._raise_if_closed()
+                if self._buffer:
+                    return self._deliver(min(max_messages, len(self._buffer)))
+                if self._error is not None:
+                    raise self._error
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0 and not first:
+                    return []
+                first = False
+                if self._in_turn:
+                    # Another thread is in the driver; its turn brings messages or ends soon.
+                    self._wait_ready(remaining)
+                    continue
+                self._in_turn = True
+                wait = self._settle_wait if self._outstanding else self._settings.poll_interval
+                if remaining is not None:
+                    wait = min(wait, max(remaining, 0.0))
+            if not self._take_turn(wait, fetch=True, caller=True, max_sleep=remaining):
+                # No room to fetch (too many unacked messages) or a back-off: let acks come in.
+                with self._lock:
+                    self._wait_ready(self._settle_wait if remaining is None else min(remaining, self._settle_wait))
+
+    def _wait_ready(self, timeout: float | None) -> None:
+        """Wait on _ready (lock held)."""
+        self._waiters += 1
+        try:
+            self._ready.wait(timeout)
+        finally:
+            self._waiters -= 1
+
+    # -- acknowledging many at once ---------------------------------------------------------
+
+    def ack(self, messages: Iterable[Message]) -> None:
+        """Acknowledge every message in `messages`: `message.ack()` on each, under one lock.
+
+        The first of ack / nack still wins per message, so messages acked or nacked before
+        are left as they are, and acking twice is harmless.
+        """
+        self._settle_all(messages, True)
+
+    def nack(self, messages: Iterable[Message]) -> None:
+        """Ask for prompt redelivery of every message in `messages` not acked or nacked yet.
+
+        Raises InvalidArgument on a backend that cannot nack, like `message.nack()`.
+        """
+        self._settle_all(messages, False)
+
+    def _settle_all(self, messages: Iterable[Message], ack: bool) -> None:
+        if not ack and not self._can_nack:
+            raise self._cannot_nack()
+        others: list[Message] = []
+        with self._lock:
+            closed = self._closed
+            if not (self._pending_acks or self._pending_nacks):
+                self._note_first_pending()
+            pending = self._pending_acks if ack else self._pending_nacks
+            forget = self._outstanding.pop
+            for message in messages:
+                if message._sink is not self:
+                    others.append(message)  # another subscriber's, or never delivered: settled on its own
+                    continue
+                if message._done:
+                    continue
+                message._done = True
+                if closed:
+                    continue  # the driver is gone; the broker redelivers it
+                ack_id = message._ack_id
+                forget(ack_id, None)
+                pending.append(ack_id)
+        for message in others:
+            if ack:
+                message.ack()
+            else:
+                message.nack()
 
     # -- closing -----------------------------------------------------------------------------
 
@@ -175,7 +272,7 @@ class Subscriber:
         again (promptly where the backend can nack). Later receives raise Closed;
         acks after close are ignored. Calling close twice is harmless.
         """
-        with self._ready:
+        with self._lock:
             if self._closed:
                 return
             self._closed = True
@@ -203,23 +300,31 @@ class Subscriber:
 
     def _settle(self, message: Message, ack: bool) -> None:
         if not ack and not self._can_nack:
-            raise errors.InvalidArgument(
-                f"{self._driver.name} cannot nack; leave the message unacked and it is redelivered "
-                "after the ack deadline"
-            )
+            raise self._cannot_nack()
         with self._lock:
             if message._done:
                 return
             message._done = True
             if self._closed:
                 return  # the driver is gone; the broker redelivers it
+            if not (self._pending_acks or self._pending_nacks):
+                self._note_first_pending()
             self._outstanding.pop(message._ack_id, None)
             (self._pending_acks if ack else self._pending_nacks).append(message._ack_id)
-            if self._starved:
-                self._starved = False
-                self._wake.set()
+
+    def _cannot_nack(self) -> errors.InvalidArgument:
+        return errors.InvalidArgument(
+            f"{self._driver.name} cannot nack; leave the message unacked and it is redelivered after the ack deadline"
+        )
 
     # -- internals (lock held where noted) ---------------------------------------------------
+
+    def _note_first_pending(self) -> None:
+        """The first ack or nack since the last turn is about to be recorded (lock held)."""
+        self._pending_since = time.monotonic()
+        if self._worker_sleeps_long:
+            self._worker_sleeps_long = False
+            self._wake.set()  # the worker recomputes when to send it
 
     def _raise_if_closed(self) -> None:
         if self._closed:
@@ -228,97 +333,166 @@ class Subscriber:
             )
 
     def _deliver(self, count: int) -> list[Message]:
-        """Take `count` buffered messages and wrap them for the caller (lock held)."""
-        take, outstanding = self._buffer.popleft, self._outstanding
-        messages: list[Message] = []
-        for _ in range(count):
-            incoming = take()
-            message = Message(
-                data=incoming.data,
-                attributes=incoming.attributes,
-                key=incoming.key,
-                id=incoming.id,
-                ack_id=incoming.ack_id,
-                publish_time=incoming.publish_time,
-                delivery_attempt=incoming.delivery_attempt,
-                sink=self,
-            )
-            outstanding[incoming.ack_id] = message
-            messages.append(message)
-        if self._ack_deadline is not None:
-            # One deadline per delivered batch, not per message: they share it.
-            self._deadlines.append((time.monotonic() + self._ack_deadline, messages))
+        """Take `count` buffered messages and hand them to the caller: they are now outstanding (lock held)."""
+        buffer, outstanding = self._buffer, self._outstanding
+        if count == len(buffer):
+            messages = list(buffer)
+            buffer.clear()
+        else:
+            take = buffer.popleft
+            messages = [take() for _ in range(count)]
+        if self._ack_deadline is None:
+            for message in messages:
+                message._sink = self
+                outstanding[message._ack_id] = message
+        else:
+            due = time.monotonic() + self._ack_deadline
+            for message in messages:
+                message._sink = self
+                message._due = due
+                outstanding[message._ack_id] = message
+            if due < self._next_due:
+                self._next_due = due
         return messages
 
     def _expire(self, now: float) -> list[Hashable]:
         """Nack delivered messages whose emulated deadline passed (lock held).
 
-        Deadlines are equal for all messages, so delivery order is deadline order.
+        Deadlines are equal for all messages, so delivery order (the order of _outstanding)
+        is deadline order. Settled messages are not kept for this: at a high rate, holding
+        every message until its deadline cost memory and most of the CPU per message.
         """
+        if self._next_due > now:
+            return []
         expired: list[Hashable] = []
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, messages = self._deadlines.popleft()
-            for message in messages:
-                if not message._done:
-                    message._done = True
-                    self._outstanding.pop(message._ack_id, None)
-                    expired.append(message._ack_id)
+        self._next_due = float("inf")
+        for ack_id, message in self._outstanding.items():
+            if message._due > now:
+                self._next_due = message._due  # the oldest still running
+                break
+            message._done = True
+            expired.append(ack_id)
+        for ack_id in expired:
+            del self._outstanding[ack_id]
         return expired
 
-    def _work(self) -> None:
-        """The worker thread: settle, then fetch; repeat until closed."""
-        settings = self._settings
-        next_delay = backoff_delays(maximum=2.0)
-        failing_since: float | None = None
-        while not self._stop.is_set():
+    def _room(self) -> int:
+        """How many messages a fetch may bring now (lock held)."""
+        settings, buffered = self._settings, len(self._buffer)
+        return min(settings.receive_batch_size - buffered, settings.max_outstanding - buffered - len(self._outstanding))
+
+    def _take_turn(self, wait: float, *, fetch: bool, caller: bool, max_sleep: float | None = None) -> bool:
+        """One turn with the driver, by the thread that set _in_turn: settle, then fetch.
+
+        Returns False if it could not fetch (no room, a final error) or the fetch failed.
+        """
+        fetched = False
+        try:
+            fetched = self._turn(wait, fetch, caller, max_sleep)
+        finally:
             with self._lock:
-                acks, self._pending_acks = self._pending_acks, []
-                nacks, self._pending_nacks = self._pending_nacks, []
-                nacks.extend(self._expire(time.monotonic()))
-                room = min(
-                    settings.receive_batch_size - len(self._buffer),
-                    settings.max_outstanding - len(self._buffer) - len(self._outstanding),
-                )
-                final_error = self._error_is_final
-                self._starved = room <= 0
-            self._send_settlements(acks, nacks)
-            if room <= 0 or final_error:
-                self._wake.wait(settings.poll_interval)
-                self._wake.clear()
-                continue
-            try:
-                batch = self._driver.receive_batch(room, settings.poll_interval)
-            except Exception as err:
-                now = time.monotonic()
-                retryable = self._retryable(err)
-                if failing_since is None:
-                    failing_since = now
-                if not retryable or now - failing_since >= settings.retry_timeout:
-                    with self._ready:
-                        self._error = wrap_error(self._driver, err, "receiving from")
-                        self._error_is_final = not retryable
-                        self._ready.notify_all()
-                self._stop.wait(next_delay())
-                continue
-            if failing_since is not None:
-                failing_since = None
-                next_delay = backoff_delays(maximum=2.0)
-                with self._lock:
-                    self._error = None
-            if batch:
-                with self._ready:
-                    self._buffer.extend(batch)
+                self._in_turn = False
+                if self._waiters:
                     self._ready.notify_all()
+        return fetched
+
+    def _turn(self, wait: float, fetch: bool, caller: bool, max_sleep: float | None) -> bool:
+        with self._lock:
+            acks, self._pending_acks = self._pending_acks, []
+            nacks, self._pending_nacks = self._pending_nacks, []
+            if self._next_due != float("inf"):
+                nacks.extend(self._expire(time.monotonic()))
+            room = self._room()
+            fetch = fetch and room > 0 and not self._error_is_final and not self._closed
+        self._send_settlements(acks, nacks)
+        if not fetch:
+            return False
+        try:
+            batch = self._driver.receive_batch(room, wait)
+        except Exception as err:
+            self._failed(err, max_sleep)
+            return False
+        with self._lock:
+            if self._failing_since is not None:
+                self._failing_since = None
+                self._next_delay = backoff_delays(maximum=2.0)
+                self._error = None
+            if caller:
+                self._caller_fetched_at = time.monotonic()
+            if batch:
+                self._buffer.extend(batch)
+                if self._waiters:
+                    self._ready.notify_all()
+        return True
+
+    def _failed(self, err: Exception, max_sleep: float | None) -> None:
+        """A fetch failed: report it if it is final or has lasted retry_timeout, then back off."""
+        now = time.monotonic()
+        retryable = self._retryable(err)
+        with self._lock:
+            if self._failing_since is None:
+                self._failing_since = now
+            if not retryable or now - self._failing_since >= self._settings.retry_timeout:
+                self._error = wrap_error(self._driver, err, "receiving from")
+                self._error_is_final = not retryable
+                if self._waiters:
+                    self._ready.notify_all()
+            delay = self._next_delay()
+        # Still in the turn, so no other thread hammers a failing broker meanwhile.
+        self._stop.wait(delay if max_sleep is None else min(delay, max(max_sleep, 0.0)))
+
+    def _work(self) -> None:
+        """The worker thread: take the turns no caller takes (module docstring); shut down at close."""
+        poll, settle = self._settings.poll_interval, self._settle_wait
+        while True:
+            with self._lock:
+                if self._closed:
+                    break
+                self._wake.clear()  # cleared before the state is read: a later change sets it again
+                now = time.monotonic()
+                go, fetch, sleep = self._worker_plan(now, poll, settle)
+                if go:
+                    self._in_turn = True
+                    wait = settle if self._buffer or self._outstanding else poll
+                else:
+                    # With no caller about, the first ack must not wait out a long sleep. Active
+                    # callers settle in their own turns, and the worker wakes on its timer.
+                    self._worker_sleeps_long = sleep > settle and now - self._caller_fetched_at >= poll
+            if go:
+                self._take_turn(wait, fetch=fetch, caller=False)
+            else:
+                self._wake.wait(sleep)
+        with self._lock:
+            self._worker_sleeps_long = False
+            while self._in_turn:  # a caller's turn ends within poll_interval
+                self._wait_ready(None)
+            self._in_turn = True
         self._shut_down()
 
+    def _worker_plan(self, now: float, poll: float, settle: float) -> tuple[bool, bool, float]:
+        """(take a turn now, fetch in it, else how long to sleep) for the worker (lock held)."""
+        due = float("inf")
+        if self._pending_acks or self._pending_nacks:
+            due = self._pending_since + settle
+        due = min(due, self._next_due)
+        # Fetching is for callers: the worker fetches ahead only while none is receiving or has
+        # fetched within poll_interval (one busy processing a batch comes back for the next).
+        can_fetch = not self._receivers and not self._error_is_final and self._room() > 0
+        fetch_at = self._caller_fetched_at + poll if can_fetch else float("inf")
+        if self._in_turn:
+            return False, False, poll  # the thread in the turn settles what is pending at its next turn
+        if min(due, fetch_at) <= now:
+            return True, fetch_at <= now, 0.0
+        return False, False, min(poll, max(min(due, fetch_at) - now, 0.0005))
+
     def _shut_down(self) -> None:
-        """Last turn of the worker: flush acks, hand back everything not acked."""
+        """Last turn, by the worker: flush acks, hand back everything not acked."""
         with self._lock:
             acks, self._pending_acks = self._pending_acks, []
             nacks, self._pending_nacks = self._pending_nacks, []
             # Prefetched messages nobody saw, and delivered ones nobody settled, go back now
             # rather than after a deadline: this consumer is leaving.
-            nacks.extend(m.ack_id for m in self._buffer)
+            nacks.extend(m._ack_id for m in self._buffer)
             self._buffer.clear()
             for message in self._outstanding.values():
                 message._done = True

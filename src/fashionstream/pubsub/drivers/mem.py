@@ -25,7 +25,7 @@ import bisect
 import itertools
 import threading
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -147,7 +147,7 @@ class _Record:
     seq: int
     id: str
     data: bytes
-    attributes: dict[str, str]
+    attributes: Mapping[str, str]
     key: str | None
     publish_time: datetime
 
@@ -368,13 +368,13 @@ class MemoryBroker:
             record = entry.record
             taken.append(
                 IncomingMessage(
-                    data=record.data,
-                    attributes=dict(record.attributes),
-                    key=record.key,
-                    id=record.id,
-                    ack_id=ack_id,
-                    publish_time=record.publish_time,
-                    delivery_attempt=entry.attempts,
+                    record.data,
+                    dict(record.attributes),  # each delivery gets its own: a consumer may change it
+                    record.key,
+                    record.id,
+                    ack_id,
+                    record.publish_time,
+                    entry.attempts,
                 )
             )
         else:

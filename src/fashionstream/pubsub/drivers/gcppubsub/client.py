@@ -42,12 +42,12 @@ def address(options: dict[str, object]) -> str:
     return f"Pub/Sub at {endpoint or 'pubsub.googleapis.com'}"
 
 
-def client_kwargs(options: dict[str, object]) -> dict[str, Any]:
+def client_kwargs(options: dict[str, object], also_accepted: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The client constructor's arguments; `also_accepted`: the caller's own options, for the error message."""
     unknown = sorted(set(options) - _CLIENT_OPTIONS)
     if unknown:
-        raise errors.InvalidArgument(
-            f"unknown Pub/Sub option(s) {', '.join(unknown)}; accepted: {', '.join(sorted(_CLIENT_OPTIONS))}"
-        )
+        accepted = ", ".join(sorted(_CLIENT_OPTIONS | set(also_accepted)))
+        raise errors.InvalidArgument(f"unknown Pub/Sub option(s) {', '.join(unknown)}; accepted: {accepted}")
     kwargs: dict[str, Any] = dict(options)
     if os.environ.get("PUBSUB_EMULATOR_HOST") and "credentials" not in kwargs:
         # The generated clients open a plain-text channel to the emulator by themselves, but still
@@ -56,9 +56,11 @@ def client_kwargs(options: dict[str, object]) -> dict[str, Any]:
     return kwargs
 
 
-def make_client(factory: Callable[..., T], options: dict[str, object], what: str) -> T:
+def make_client(
+    factory: Callable[..., T], options: dict[str, object], what: str, also_accepted: tuple[str, ...] = ()
+) -> T:
     try:
-        return factory(**client_kwargs(options))
+        return factory(**client_kwargs(options, also_accepted))
     except errors.PubSubError:
         raise
     except DefaultCredentialsError as err:

@@ -5,7 +5,9 @@ Pure (no client, no broker), so it is tested on its own.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
+from collections.abc import Sequence
 
 
 class PartitionOffsets:
@@ -31,6 +33,41 @@ class PartitionOffsets:
             self.rewind(offset)
         self.delivered.append(offset)
         self.outstanding.add(offset)
+
+    def deliver_all(self, offsets: Sequence[int]) -> None:
+        """`deliver` for a run of increasing offsets, as one fetch returns them for a partition."""
+        if not offsets:
+            return
+        if self.delivered and offsets[0] <= self.delivered[-1]:
+            self.rewind(offsets[0])
+        self.delivered.extend(offsets)
+        self.outstanding.update(offsets)
+
+    def ack_all(self, offsets: Sequence[int]) -> bool:
+        """`ack` for many offsets in any order; True if the commit position moved."""
+        delivered, count = self.delivered, len(offsets)
+        if not self.acked and 0 < count <= len(delivered) and list(itertools.islice(delivered, count)) == offsets:
+            # The usual case: the oldest deliveries, acked in order, all at once.
+            self.delivered = deque(itertools.islice(delivered, count, None))
+            self.outstanding.difference_update(offsets)
+            self.commit_position = offsets[-1] + 1
+            return True
+        fresh = self.outstanding.intersection(offsets)  # unknown, repeated and rewound ones change nothing
+        if not fresh:
+            return False
+        self.outstanding.difference_update(fresh)
+        acked = self.acked
+        acked.update(fresh)
+        # The head moves past the acked run at its front (all of it when acks come in delivery order).
+        run = list(itertools.takewhile(acked.__contains__, self.delivered))
+        if not run:
+            return False
+        take = self.delivered.popleft
+        for _ in run:
+            take()
+        acked.difference_update(run)
+        self.commit_position = run[-1] + 1
+        return True
 
     def ack(self, offset: int) -> bool:
         """Mark `offset` acked; True if the commit position moved. Unknown or repeated acks change nothing."""

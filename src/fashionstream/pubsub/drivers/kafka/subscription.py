@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable, Sequence
-from datetime import UTC, datetime
+from typing import Any, cast
 
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, TopicPartition
 
 from fashionstream.pubsub import errors
 from fashionstream.pubsub.driver import IncomingMessage, ParsedURL
@@ -28,7 +28,7 @@ _log = logging.getLogger(__package__ or __name__)
 # Options the driver sets itself because at-least-once depends on them.
 _CONSUMER_FIXED = {"enable.auto.commit": False, "enable.auto.offset.store": False}
 
-AckId = tuple[str, int, int]  # (topic, partition, offset)
+# Ack ids are (topic, partition, offset) tuples.
 
 
 class KafkaSubscriptionDriver:
@@ -127,10 +127,25 @@ class KafkaSubscriptionDriver:
     def receive_batch(self, max_messages: int, timeout: float) -> list[IncomingMessage]:
         if self._closed:
             raise RuntimeError(f"{self.name}: consumer closed")
-        raw = self._consumer.consume(num_messages=max(1, max_messages), timeout=max(0.0, timeout))
+        consumer, wanted = self._consumer, max(1, max_messages)
+        # consume() with a timeout waits for a full batch; a caller waiting for messages wants the
+        # first one at once. So: what is already fetched, else one message as soon as it comes,
+        # then whatever came with it.
+        raw = consumer.consume(num_messages=wanted, timeout=0)
+        if not raw and timeout > 0:
+            first = consumer.poll(timeout)
+            if first is not None:
+                raw = [first]
+                if wanted > 1:
+                    raw.extend(consumer.consume(num_messages=wanted - 1, timeout=0))
         out: list[IncomingMessage] = []
-        # Hot loop (every message passes here): names bound once.
-        partitions, append = self._partitions, out.append
+        # Hot loop (every message passes here): names bound once, the partition's bookkeeping
+        # looked up once per run of messages from one partition, offsets recorded per run.
+        partitions, append, no_time = self._partitions, out.append, TIMESTAMP_NOT_AVAILABLE
+        runs: list[tuple[PartitionOffsets, list[int]]] = []
+        topic = self._topic  # the consumer is subscribed to this topic only
+        current = -1  # the partition of the run being read
+        offsets: list[int] | None = None
         for msg in raw:
             err = msg.error()
             if err is not None:
@@ -140,26 +155,45 @@ class KafkaSubscriptionDriver:
                     raise KafkaException(err)
                 self._client_log.error(err)  # transient; librdkafka keeps retrying
                 continue
-            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-            if topic is None or partition is None or offset is None:
+            partition, offset = msg.partition(), msg.offset()
+            if partition is None or offset is None:
                 continue  # only error events lack these, and they were handled above
-            state = partitions.get((topic, partition))
-            if state is None:  # a message of a partition revoked meanwhile: its next owner gets it
+            if partition != current:
+                current = partition
+                state = partitions.get((topic, partition))
+                offsets = None
+                if state is not None:
+                    offsets = []
+                    runs.append((state, offsets))
+            if offsets is None:  # a message of a partition revoked meanwhile: its next owner gets it
                 continue
-            state.deliver(offset)
-            append(_incoming(msg, topic, partition, offset))
+            offsets.append(offset)
+            headers = msg.headers()
+            raw_key = msg.key()
+            kind, millis = msg.timestamp()
+            append(
+                IncomingMessage(
+                    msg.value() or b"",  # None for a tombstone
+                    _attributes(headers) if headers else {},
+                    raw_key.decode("utf-8", "replace") if raw_key is not None else None,
+                    f"{topic}/{partition}/{offset}",
+                    (topic, partition, offset),
+                    millis / 1000 if kind != no_time else None,
+                    None,  # delivery_attempt: Kafka does not count deliveries
+                )
+            )
+        for state, run in runs:
+            state.deliver_all(run)
         return out
 
     def send_acks(self, ack_ids: Sequence[Hashable]) -> None:
-        moved: set[tuple[str, int]] = set()
+        moved: list[tuple[str, int]] = []
         partitions = self._partitions
-        for ack_id in ack_ids:
-            topic, partition, offset = _split_ack_id(ack_id)
-            key = (topic, partition)
+        for key, offsets in _by_partition(ack_ids).items():
             state = partitions.get(key)
             # Acks for partitions no longer ours, or for deliveries already rewound, change nothing.
-            if state is not None and state.ack(offset):
-                moved.add(key)
+            if state is not None and state.ack_all(offsets):
+                moved.append(key)
         if moved:
             # Asynchronous: the next poll serves the result; a lost commit only means redelivery.
             self._commit(sorted(moved), asynchronous=True)
@@ -169,13 +203,13 @@ class KafkaSubscriptionDriver:
 
     def send_nacks(self, ack_ids: Sequence[Hashable]) -> None:
         lowest: dict[tuple[str, int], int] = {}
-        for ack_id in ack_ids:
-            topic, partition, offset = _split_ack_id(ack_id)
-            state = self._partitions.get((topic, partition))
-            if state is None or offset not in state.outstanding:
-                continue  # no longer ours, or already rewound past it
-            key = (topic, partition)
-            lowest[key] = min(offset, lowest.get(key, offset))
+        for key, offsets in _by_partition(ack_ids).items():
+            state = self._partitions.get(key)
+            if state is None:
+                continue  # no longer ours
+            live = state.outstanding.intersection(offsets)  # others were already rewound past
+            if live:
+                lowest[key] = min(live)
         for (topic, partition), offset in lowest.items():
             self._partitions[(topic, partition)].rewind(offset)
             try:
@@ -201,34 +235,28 @@ class KafkaSubscriptionDriver:
         self._consumer.close()
 
 
-def _split_ack_id(ack_id: Hashable) -> AckId:
-    # Ack ids only ever come from _incoming, so unpacking is the whole check.
+def _by_partition(ack_ids: Sequence[Hashable]) -> dict[tuple[str, int], list[int]]:
+    """The offsets of `ack_ids` grouped by (topic, partition), in the order given."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    current = -1  # the partition of the run being read (the driver reads one topic)
+    offsets: list[int] = []
     try:
-        topic, partition, offset = ack_id  # type: ignore[misc]
+        # Ack ids only ever come from receive_batch, so unpacking is the whole check.
+        for topic, partition, offset in cast("Sequence[tuple[str, int, int]]", ack_ids):
+            if partition != current:
+                current = partition
+                offsets = groups.setdefault((topic, partition), [])
+            offsets.append(offset)
     except (TypeError, ValueError):
-        raise ValueError(f"not a kafka ack id: {ack_id!r}") from None
-    return topic, partition, offset  # type: ignore[has-type]
+        bad = next((a for a in ack_ids if not (isinstance(a, tuple) and len(a) == 3)), None)
+        raise ValueError(f"not a kafka ack id: {bad!r}") from None
+    return groups
 
 
-def _incoming(msg: Message, topic: str, partition: int, offset: int) -> IncomingMessage:
-    headers = msg.headers()
-    if headers:
-        # Attributes are text; headers written by other producers may not be UTF-8, or may be null.
-        pairs = headers.items() if isinstance(headers, dict) else headers
-        attributes = {k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v or "" for k, v in pairs}
-    else:
-        attributes = {}
-    raw_key = msg.key()
-    kind, millis = msg.timestamp()
-    return IncomingMessage(
-        msg.value() or b"",  # None for a tombstone
-        attributes,
-        raw_key.decode("utf-8", "replace") if raw_key is not None else None,
-        f"{topic}/{partition}/{offset}",
-        (topic, partition, offset),
-        datetime.fromtimestamp(millis / 1000, tz=UTC) if kind != TIMESTAMP_NOT_AVAILABLE else None,
-        None,  # delivery_attempt: Kafka does not count deliveries
-    )
+def _attributes(headers: Any) -> dict[str, str]:
+    """Headers as attributes: text; headers written by other producers may not be UTF-8, or may be null."""
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return {k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v or "" for k, v in pairs}
 
 
 __all__ = ["KafkaSubscriptionDriver"]

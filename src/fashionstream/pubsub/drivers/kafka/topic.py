@@ -1,11 +1,16 @@
-"""Publishing to one Kafka topic: an idempotent producer, one wait for every delivery report of a batch."""
+"""Publishing to one Kafka topic: an idempotent producer, one wait for every delivery report of a batch.
+
+`send_batch` produces every message of the batch with its own delivery callback, then waits
+for the batch's last report; one thread per producer serves the reports (it polls the
+client, and the callbacks run there), for every lane at once.
+"""
 
 from __future__ import annotations
 
 import itertools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -21,37 +26,12 @@ from fashionstream.pubsub.drivers.kafka.client import (
 from fashionstream.pubsub.drivers.kafka.errors import classify, retryable
 from fashionstream.pubsub.errors import ErrorCode
 
+Headers = dict[str, str | bytes | None]
 
-class _PendingBatch:
-    """Delivery reports of one `send_batch` call; callbacks may run on any thread that polls."""
 
-    def __init__(self, size: int) -> None:
-        self.ids: list[str] = [""] * size
-        self.size = size
-        self.error: KafkaError | None = None
-        self.done = threading.Event()
-        # next() on itertools.count is atomic under the GIL: a lock-free completion counter for
-        # callbacks that several polling threads may run at once.
-        self._reported = itertools.count(1)
-        if size == 0:
-            self.done.set()
-
-    @property
-    def remaining(self) -> int:
-        """Messages without a confirmed id (not reported yet, or failed): for the timeout message."""
-        return sum(1 for i in self.ids if not i)
-
-    def callback(self, index: int) -> Callable[[KafkaError | None, Message], None]:
-        def on_delivery(err: KafkaError | None, msg: Message) -> None:
-            if err is not None:
-                if self.error is None:
-                    self.error = err
-            else:
-                self.ids[index] = f"{msg.topic()}/{msg.partition()}/{msg.offset()}"
-            if next(self._reported) == self.size:
-                self.done.set()
-
-        return on_delivery
+def _headers(attributes: Mapping[str, str]) -> Headers:
+    """The attributes as the client's headers: the publisher's dict as it is, any other mapping copied."""
+    return attributes if type(attributes) is dict else dict(attributes)
 
 
 class KafkaTopicDriver:
@@ -71,42 +51,87 @@ class KafkaTopicDriver:
                 "message.max.bytes": MAX_MESSAGE_BYTES,
                 # A send that cannot be delivered fails after this long instead of the default 5 minutes.
                 "message.timeout.ms": 60_000,
+                # The portable layer gathers batches already (its `linger`); librdkafka's default 5 ms
+                # would come on top. 0 would send each message of a batch as it is produced (measured:
+                # about three times the CPU per message); 1 ms lets a produced batch go as one.
+                "linger.ms": 1,
             },
             self._client_log,
         )
         self._producer: Producer = make_client(Producer, config, self.name)
         check_topic(self._producer, self._topic, self._address, f"opening {self.name}")
         self._client_log.opened = True
+        # Delivery reports are served by one thread for all lanes: a lane polling for its own
+        # reports could sit out its poll timeout after another lane's poll served them.
+        self._closing = threading.Event()
+        self._reporter = threading.Thread(target=self._serve_reports, name="kafka-delivery-reports", daemon=True)
+        self._reporter.start()
+
+    def _serve_reports(self) -> None:
+        """Run delivery callbacks as reports come in (poll returns as soon as it served any)."""
+        poll, closing = self._producer.poll, self._closing
+        while not closing.is_set():
+            poll(0.1)
 
     def send_batch(self, messages: Sequence[OutgoingMessage], timeout: float) -> list[str]:
         deadline = time.monotonic() + timeout
-        batch = _PendingBatch(len(messages))
+        count = len(messages)
+        ids = [""] * count
+        failures: list[KafkaError] = []
+        done = threading.Event()
+        # next() on itertools.count is atomic under the GIL: a lock-free completion counter for
+        # callbacks that the reporting thread and a lane waiting for room may run at once.
+        reported = itertools.count(1)
         producer, topic = self._producer, self._topic
-        for index, message in enumerate(messages):
-            headers: list[tuple[str, str | bytes | None]] | None = (
-                [(k, v.encode()) for k, v in message.attributes.items()] if message.attributes else None
-            )
-            key = message.key.encode() if message.key is not None else None
-            while True:
-                try:
-                    producer.produce(topic, message.data, key, headers=headers, on_delivery=batch.callback(index))
-                    break
-                except BufferError:
-                    # The local queue is full: serving delivery reports makes room.
-                    if time.monotonic() >= deadline:
-                        raise TimeoutError(f"{self.name}: local send queue still full after {timeout:.1f} s") from None
-                    producer.poll(0.05)
-        # Delivery callbacks run inside poll(); other threads' polls may serve ours, hence the short waits.
-        while not batch.done.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(
-                    f"{self.name}: {batch.remaining} of {len(messages)} messages not confirmed within {timeout:.1f} s"
-                )
-            producer.poll(min(remaining, 0.02))
-        if batch.error is not None:
-            raise KafkaException(batch.error)
-        return batch.ids
+        produce = producer.produce
+        if not count:
+            return ids
+        for index, (data, attributes, key) in enumerate(messages):
+            # Delivery reports carry no index, so each message gets its own callback (a function
+            # with a default is the cheapest to make and to call); the raw client calls one per
+            # message too. The attributes go as the headers dict, str values encoded by the client.
+            def on_delivery(err: KafkaError | None, msg: Message, index: int = index) -> None:
+                if err is None:
+                    ids[index] = f"{topic}/{msg.partition()}/{msg.offset()}"
+                elif not failures:
+                    failures.append(err)
+                if next(reported) == count:
+                    done.set()
+
+            headers = _headers(attributes) if attributes else None
+            try:
+                produce(topic, data, key, headers=headers, on_delivery=on_delivery)
+            except BufferError:
+                self._produce_when_room(data, key, headers, on_delivery, deadline, timeout)
+        if not done.wait(max(deadline - time.monotonic(), 0.0)):
+            # librdkafka holds messages for a topic that was deleted until message.timeout.ms, in
+            # case it comes back: say NotFound (not worth a retry) rather than time out again.
+            check_topic(self._producer, self._topic, self._address, f"sending to {self.name}", timeout=2.0)
+            missing = sum(1 for i in ids if not i)
+            raise TimeoutError(f"{self.name}: {missing} of {count} messages not confirmed within {timeout:.1f} s")
+        if failures:
+            raise KafkaException(failures[0])
+        return ids
+
+    def _produce_when_room(
+        self,
+        data: bytes,
+        key: str | None,
+        headers: Headers | None,
+        on_delivery: Callable[[KafkaError | None, Message], None],
+        deadline: float,
+        timeout: float,
+    ) -> None:
+        """Produce once the client's local queue has room: serving delivery reports makes room."""
+        while True:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{self.name}: local send queue still full after {timeout:.1f} s") from None
+            self._producer.poll(0.05)
+            try:
+                self._producer.produce(self._topic, data, key, headers=headers, on_delivery=on_delivery)
+                return
+            except BufferError:
+                continue
 
     def is_retryable(self, error: BaseException) -> bool:
         return retryable(error)
@@ -115,6 +140,8 @@ class KafkaTopicDriver:
         return classify(error)
 
     def close(self) -> None:
+        self._closing.set()
+        self._reporter.join(5.0)
         # send_batch already waited for every report; this only drains stragglers of failed batches.
         self._producer.flush(5.0)
 
