@@ -9,10 +9,11 @@ when the "broker" confirms.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import Future
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,14 @@ class FakeReceiver:
             time.sleep(min(timeout, 0.01))
         return taken
 
+    def ack(self, messages: Iterable[FakeMessage]) -> None:
+        for message in messages:
+            message.ack()
+
+    def nack(self, messages: Iterable[FakeMessage]) -> None:
+        for message in messages:
+            message.nack()
+
     def close(self) -> None:
         pass
 
@@ -69,6 +78,25 @@ class HeldSender:
         with self.lock:
             self.sent.append((data, dict(attributes or {}), key, future))
         return future
+
+    def send_batch(self, messages: Iterable[tuple[bytes, dict[str, str], str | None]]) -> Future[list[str]]:
+        """One future for the batch, resolved once the test has confirmed each message in it."""
+        parts = [self.send(data, attributes, key) for data, attributes, key in messages]
+        whole: Future[list[str]] = Future()
+
+        def settle(_: Future[str]) -> None:
+            if whole.done() or not all(part.done() for part in parts):
+                return
+            errors = [part.exception() for part in parts if part.exception() is not None]
+            with contextlib.suppress(InvalidStateError):  # two callbacks may finish together
+                if errors:
+                    whole.set_exception(errors[0])  # type: ignore[arg-type]
+                else:
+                    whole.set_result([part.result() for part in parts])
+
+        for part in parts:
+            part.add_done_callback(settle)
+        return whole
 
     def flush(self, timeout: float | None = None) -> None:
         pass
@@ -115,7 +143,7 @@ def wait_for(condition: Any, timeout: float = 5.0) -> bool:
 
 def make(messages: list[FakeMessage], **config: Any) -> tuple[ModelService, HeldSender, HeldSender]:
     predictions, dead = HeldSender(), HeldSender()
-    settings = ServiceConfig(broker="mem://", max_batch_size=4, max_wait_ms=5, **config)
+    settings = ServiceConfig(**{"broker": "mem://", "max_batch_size": 4, "max_wait_ms": 5, **config})
     loads = FakeHandler.loads
     service = ModelService(settings, FakeHandler(), FakeReceiver(messages), predictions, dead)
     assert FakeHandler.loads == loads + 1  # the service loads its model once, at start
@@ -163,7 +191,7 @@ def test_inputs_are_acked_only_after_the_broker_confirms_their_answers() -> None
 
 def test_a_failed_publish_nacks_the_input_for_redelivery() -> None:
     messages = requests(3)
-    service, predictions, _ = make(messages)
+    service, predictions, _ = make(messages, max_batch_size=1)  # one input per publish call
     stop = threading.Event()
     worker = threading.Thread(target=service.run, args=(stop,))
     worker.start()
@@ -180,10 +208,33 @@ def test_a_failed_publish_nacks_the_input_for_redelivery() -> None:
     assert service.stats.nacked == 1 and service.stats.acked == 2
 
 
+def test_a_batch_is_acked_only_when_every_answer_in_it_is_confirmed() -> None:
+    """A batch's answers go out in one publish call: one failure nacks the whole batch (redelivered, re-answered)."""
+    messages = requests(3)
+    service, predictions, _ = make(messages, max_batch_size=3)
+    stop = threading.Event()
+    worker = threading.Thread(target=service.run, args=(stop,))
+    worker.start()
+    try:
+        assert wait_for(lambda: len(predictions.sent) == 3)
+        predictions.sent[0][3].set_result("ok")
+        predictions.sent[2][3].set_result("ok")
+        time.sleep(0.05)
+        assert not any(m.acked or m.nacked for m in messages)  # the batch is not settled yet
+        predictions.sent[1][3].set_exception(RuntimeError("broker said no"))
+        assert wait_for(lambda: all(m.nacked for m in messages))
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+    assert not any(m.acked for m in messages)
+    assert service.stats.nacked == 3 and service.stats.acked == 0
+
+
 def test_stop_with_answers_in_flight_acks_the_confirmed_and_leaves_the_rest_unacked() -> None:
     messages = requests(3)
     predictions, dead = HeldSender(), HeldSender()
-    config = ServiceConfig(broker="mem://", max_batch_size=64, max_wait_ms=60_000, shutdown_timeout=0.5)
+    # One input per batch, so each answer is its own publish call and can be confirmed alone.
+    config = ServiceConfig(broker="mem://", max_batch_size=1, max_wait_ms=60_000, shutdown_timeout=0.5)
     service = ModelService(config, FakeHandler(), FakeReceiver(messages), predictions, dead)
     stop = threading.Event()
     worker = threading.Thread(target=service.run, args=(stop,))

@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -60,24 +60,35 @@ class InboundMessage(Protocol):
 
 
 class Sender(Protocol):
+    """The part of `fashionstream.pubsub.Publisher` the service uses."""
+
     def send(self, data: bytes, attributes: dict[str, str] | None = None, key: str | None = None) -> Future[str]: ...
+    def send_batch(self, messages: Iterable[tuple[bytes, dict[str, str], str | None]]) -> Future[list[str]]: ...
     def flush(self, timeout: float | None = None) -> Any: ...
     def close(self) -> None: ...
 
 
 class Receiver(Protocol):
+    """The part of `fashionstream.pubsub.Subscriber` the service uses."""
+
     def receive_batch(self, max_messages: int, timeout: float) -> list[Any]: ...
+    def ack(self, messages: Iterable[Any]) -> None: ...
+    def nack(self, messages: Iterable[Any]) -> None: ...
     def close(self) -> None: ...
 
 
 @dataclass
 class _Pending:
-    """An input whose answer is being published; acked once `future` resolves."""
+    """Inputs whose answers went out in one publish call; acked (or nacked) together once `future` resolves.
 
-    message: InboundMessage
-    future: Future[str]
-    reason: Reason | None  # None for a prediction, else why it was dead-lettered
-    request_time: datetime | None
+    A classified batch is one `send_batch` and one ack call: per-message futures and acks cost as much
+    CPU as the rest of the service's work around an image.
+    """
+
+    messages: list[InboundMessage]
+    future: Future[Any]
+    reason: Reason | None  # None for predictions, else why they were dead-lettered
+    request_times: list[datetime | None]
 
 
 @dataclass
@@ -115,6 +126,7 @@ class ModelService:
         self.flavour = config.topology().flavour
         self._batcher: MicroBatcher[_Item] = MicroBatcher(config.max_batch_size, config.max_wait_ms, clock)
         self._pending: deque[_Pending] = deque()
+        self._pending_messages = 0  # inputs in self._pending, for back-pressure (max_in_flight)
         # Ids answered recently, to count (not suppress) duplicates: at-least-once means re-answering is correct.
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._seen_cap = 200_000
@@ -161,7 +173,7 @@ class ModelService:
             ready = self._batcher.take_due() or (self._batcher.flush() if not messages else None)
             if ready:
                 self._process(ready)
-            self._reap(block=len(self._pending) > self.config.max_in_flight)
+            self._reap(block=self._pending_messages > self.config.max_in_flight)
         self._shutdown()
         return self.stats
 
@@ -222,6 +234,9 @@ class ModelService:
         )
         self.metrics.inference_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(batch))
+        answered: list[InboundMessage] = []
+        outgoing: list[tuple[bytes, dict[str, str], str | None]] = []
+        request_times: list[datetime | None] = []
         for item, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, Failed):
                 log.warning("model failed on request %s alone: %s", item.request.id, outcome.detail)
@@ -229,8 +244,12 @@ class ModelService:
                 continue
             event = contract.answer(item.request, outcome, self.model_id)
             encoded = contract.encode_prediction(event, self.flavour, trace=item.request.trace)
-            future = self._send(self.predictions, encoded)
-            self._pending.append(_Pending(item.message, future, None, parse_time(item.request.time)))
+            answered.append(item.message)
+            outgoing.append((encoded.data, encoded.attributes, encoded.key))
+            request_times.append(parse_time(item.request.time))
+        if answered:
+            future = self._publish(lambda: self.predictions.send_batch(outgoing))
+            self._track(_Pending(answered, future, None, request_times))
 
     def _dead_letter(self, message: InboundMessage, reason: Reason, detail: str) -> None:
         log.info("dead letter", extra={"reason": str(reason), "detail": detail[:200], "message_id": message.id})
@@ -244,16 +263,21 @@ class ModelService:
             message_id=message.id,
             max_body_bytes=self.config.max_message_bytes,
         )
-        future = self._send(self.dead_letters, encoded)
-        self._pending.append(_Pending(message, future, reason, None))
+        future = self._publish(lambda: self.dead_letters.send(encoded.data, encoded.attributes, key=encoded.key))
+        self._track(_Pending([message], future, reason, [None]))
 
-    def _send(self, sender: Sender, encoded: contract.EncodedMessage) -> Future[str]:
+    @staticmethod
+    def _publish(send: Callable[[], Future[Any]]) -> Future[Any]:
         try:
-            return sender.send(encoded.data, encoded.attributes, key=encoded.key)
+            return send()
         except Exception as error:  # noqa: BLE001 - turn a synchronous send failure into a failed future
-            failed: Future[str] = Future()
+            failed: Future[Any] = Future()
             failed.set_exception(error)
             return failed
+
+    def _track(self, pending: _Pending) -> None:
+        self._pending.append(pending)
+        self._pending_messages += len(pending.messages)
 
     def _reap(self, *, block: bool, timeout: float | None = None) -> None:
         """Ack inputs whose answers are confirmed; nack those whose publish failed.
@@ -266,38 +290,41 @@ class ModelService:
                 self._pending[0].future.exception(timeout=timeout or self.config.publish_timeout)
         still: deque[_Pending] = deque()
         failures: list[BaseException] = []
+        now = datetime.now(UTC)
         for pending in self._pending:
             if not pending.future.done():
                 still.append(pending)
                 continue
-            self.metrics.in_flight.dec()
+            count = len(pending.messages)
+            self._pending_messages -= count
+            self.metrics.in_flight.dec(count)
             error = pending.future.exception()
             if error is not None:
                 failures.append(error)
-                self._settle(pending.message.nack)
-                self.metrics.nacked.inc()
+                self._settle(self.subscriber.nack, pending.messages)
+                self.metrics.nacked.inc(count)
                 continue
-            self._settle(pending.message.ack)
-            self.metrics.acked.inc()
+            self._settle(self.subscriber.ack, pending.messages)
+            self.metrics.acked.inc(count)
             if pending.reason is None:
-                self.metrics.messages_out.inc()
-                if pending.request_time is not None:
-                    latency = (datetime.now(UTC) - pending.request_time).total_seconds()
-                    self.metrics.latency_seconds.observe(max(0.0, latency))
+                self.metrics.messages_out.inc(count)
+                for request_time in pending.request_times:
+                    if request_time is not None:
+                        self.metrics.latency_seconds.observe(max(0.0, (now - request_time).total_seconds()))
             else:
-                self.metrics.dead_lettered.labels(reason=str(pending.reason)).inc()
+                self.metrics.dead_lettered.labels(reason=str(pending.reason)).inc(count)
         self._pending = still
         if failures:
             # One line per turn, not per message: a broker outage would otherwise flood the log.
             log.warning(
-                "%d answers could not be published; their requests will be redelivered: %s",
+                "%d publish calls failed; their requests will be redelivered: %s",
                 len(failures),
                 failures[0],
             )
 
     @staticmethod
-    def _settle(action: Callable[[], None]) -> None:
+    def _settle(action: Callable[[list[InboundMessage]], None], messages: list[InboundMessage]) -> None:
         try:
-            action()
+            action(messages)
         except Exception as error:  # noqa: BLE001 - a failed ack means a redelivery, never a crash
             log.warning("ack/nack failed; the broker will redeliver: %s", error)
