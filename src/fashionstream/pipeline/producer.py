@@ -8,7 +8,6 @@ repeats the source; the fresh ids keep every message distinct.
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
@@ -19,8 +18,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
 
+from fashionstream.classifier.png import write_plain_grey
 from fashionstream.pipeline import contract
 from fashionstream.pipeline.cloudevents import Flavour
 from fashionstream.pipeline.config import IMAGE_SETS
@@ -37,10 +36,8 @@ class SourceImage:
 
 
 def png_bytes(pixels: npt.NDArray[np.uint8]) -> bytes:
-    """(28, 28) uint8 grey pixels as a PNG file."""
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
+    """(28, 28) uint8 grey pixels as a PNG file, in the plain form the service decodes fastest."""
+    return write_plain_grey(pixels)
 
 
 def _image_set(name: str) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
