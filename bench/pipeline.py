@@ -9,7 +9,7 @@ Measured in one run, so the ratios hold even on a shared, noisy machine:
 1. **ceiling**: ONNX Runtime alone on the shipped model (this process, the Predictor as the service
    uses it), images/s at batch 256 and batch 1;
 2. **drain**: N test images preloaded, then `fashionstream serve` alone (no consumer running):
-   images/s from its first ack to its last, read from its /metrics;
+   images/s from its first ack to its last, read from its /metrics every 50 ms;
 3. **flat out**: `consume` waiting, `produce` sends N images as fast as it can, `serve` in between:
    images/s from the first send to the consumer's exit after the last answer;
 4. **load sweep**: the same paced at 90 %, 50 % and 10 % of the flat-out rate and at 100 images/s:
@@ -22,9 +22,9 @@ Measured in one run, so the ratios hold even on a shared, noisy machine:
 Each process's CPU seconds are read from the kernel (wait4 when it exits, /proc when the clock
 starts), so CPU per image of the producer (start-up included: it is a command run per batch of
 images), the service and the consumer (start-up excluded: they run for days) are reported too.
-Results: bench/results/pipeline.json, the table in docs/benchmarks.md (--update-docs) and
-docs/img/latency_vs_load.png. Numbers, not assertions: run it on an otherwise idle machine (it
-says how busy it was at the start).
+Results: bench/results/pipeline.json (pipeline-SCHEME.json for other brokers), the table in
+docs/benchmarks.md (--update-docs) and docs/img/latency_vs_load_SCHEME.png. Numbers, not
+assertions: run it on an otherwise idle machine (it says how busy it was at the start).
 """
 
 from __future__ import annotations
@@ -52,10 +52,21 @@ from fashionstream.pipeline.topology import Topology
 from fashionstream.pubsub import admin
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "pipeline.json"
 DOCS = ROOT / "docs" / "benchmarks.md"
-PLOT = ROOT / "docs" / "img" / "latency_vs_load.png"
-MARKERS = ("<!-- bench/pipeline.py: start -->", "<!-- bench/pipeline.py: end -->")
+
+
+def results_path(scheme: str) -> Path:
+    return ROOT / "bench" / "results" / ("pipeline.json" if scheme == "kafka" else f"pipeline-{scheme}.json")
+
+
+def plot_path(scheme: str) -> Path:
+    return ROOT / "docs" / "img" / f"latency_vs_load_{scheme}.png"
+
+
+def markers(scheme: str) -> tuple[str, str]:
+    """Each broker's table has its own place in docs/benchmarks.md."""
+    return f"<!-- bench/pipeline.py {scheme}: start -->", f"<!-- bench/pipeline.py {scheme}: end -->"
+
 CLI = [sys.executable, "-m", "fashionstream.cli"]
 LOAD_FRACTIONS = (0.9, 0.5, 0.1)
 LIGHT_LOAD = 100.0  # images/s
@@ -112,7 +123,7 @@ class Service:
         self.port = int(line.split("metrics on http://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
 
     def metric(self, name: str) -> float:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=30) as response:
             for raw in response.read().decode().splitlines():
                 if raw.startswith(name + " "):
                     return float(raw.split()[-1])
@@ -182,22 +193,25 @@ def drain(broker: str, count: int, fmt: str = "cloudevents") -> dict[str, Any]:
         produce(topology, count, fmt=fmt)
         service = Service(topology)
         started_cpu = service.cpu_s()
-        first = last = None
+        # Polled every 50 ms, not faster: each scrape takes the service's GIL. The rate is taken between
+        # the first sample after its first ack and the last sample before its last, so the polling
+        # interval does not blur the ends.
+        samples: list[tuple[float, float]] = []
         deadline = time.monotonic() + 600
-        while last is None and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             acked = service.metric("fashionstream_acked_total")
-            now = time.perf_counter()
-            if acked >= 1 and first is None:
-                first = now
+            samples.append((time.perf_counter(), acked))
             if acked >= count:
-                last = now
-            time.sleep(0.005)
+                break
+            time.sleep(0.05)
         stopped = service.stop()
     finally:
         remove(topology)
-    if first is None or last is None:
-        raise RuntimeError("the service did not drain the topic")
-    return {"images": count, "format": fmt, "images_per_s": round((count - 1) / (last - first), 1),
+    during = [(t, acked) for t, acked in samples if 0 < acked < count]
+    if len(during) < 2 or samples[-1][1] < count:
+        raise RuntimeError(f"the service did not drain the topic (acked {samples[-1][1] if samples else 0:.0f})")
+    (first, first_acked), (last, last_acked) = during[0], during[-1]
+    return {"images": count, "format": fmt, "images_per_s": round((last_acked - first_acked) / (last - first), 1),
             "service_cpu_ms_per_image": round(1000 * (stopped.cpu_s - started_cpu) / count, 3)}  # fmt: skip
 
 
@@ -305,8 +319,9 @@ def plot(report: dict[str, Any]) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
-    PLOT.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(PLOT, dpi=100)
+    path = plot_path(report["broker"].split("://")[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -315,9 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--broker", default="kafka://127.0.0.1:9092")
     parser.add_argument("--images", type=int, default=10_000, help="images for the drain and flat-out runs")
     parser.add_argument("--skip-baseline", action="store_true", help="no one-at-a-time run (it needs Kafka and torch)")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--output", type=Path, help="results JSON (default: bench/results/pipeline[-SCHEME].json)")
     parser.add_argument("--update-docs", action="store_true", help="rewrite the table and plot in docs/")
     args = parser.parse_args(argv)
+    scheme = args.broker.split("://")[0]
+    output: Path = args.output or results_path(scheme)
     report: dict[str, Any] = {
         "command": "python bench/pipeline.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": time.strftime("%Y-%m-%d"),
@@ -340,12 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_baseline and args.broker.startswith("kafka://"):
         report["one_at_a_time"] = one_at_a_time(args.broker, min(args.images, 2000))
         print(f"one at a time {report['one_at_a_time']}", file=sys.stderr)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(report)
     print(table)
     if args.update_docs:
-        replace_between_markers(DOCS, *MARKERS, table)
+        replace_between_markers(DOCS, *markers(scheme), table)
         plot(report)
     return 0
 
