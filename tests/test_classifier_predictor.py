@@ -184,3 +184,12 @@ def test_predict_command_prints_one_line_per_file(
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[0]["class_name"] == "Trouser"  # trousers are the easiest class (~99 % recall)
     assert lines[1]["error"] == "not_an_image"
+
+
+def test_a_shipped_model_is_found_by_its_name() -> None:
+    from fashionstream.classifier.predictor import shipped_model_names
+
+    assert {"fashion-cnn", "fashion-cnn-int8"} <= set(shipped_model_names())
+    int8 = Predictor.load("fashion-cnn-int8")
+    assert int8.model_id.startswith("fashion-cnn-int8@")
+    assert Predictor.load("fashion-cnn").model_id == Predictor.load().model_id

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch  # noqa: E402
 
 from fashionstream.classifier.card import ModelCard  # noqa: E402
 from fashionstream.classifier.data import FashionMNIST  # noqa: E402
+from fashionstream.classifier.predictor import Predictor  # noqa: E402
 from fashionstream.cli import main as cli_main  # noqa: E402
 
 pytestmark = pytest.mark.train
@@ -126,6 +128,11 @@ def test_export_parity_onnx_and_torchscript(smoke_run: Path, tmp_path: Path) -> 
     assert card.training.command is not None
     assert card.training.command.startswith("fashionstream train fit --model FashionCNN")
     assert card.macs == 28_000_448 and card.params == 337_530 and card.tta_flip_baked_in is False
+    # The .onnx file carries the card's essentials itself: served alone, it is described the same way.
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(tmp_path / "smoke.onnx", alone / "smoke.onnx")
+    assert Predictor.load(alone / "smoke.onnx").description == card.embedded()
 
     (ckpt,) = (smoke_run / "checkpoints").glob("*.ckpt")
     net = load_checkpoint(ckpt).eval_net.eval()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,11 +89,18 @@ def _demo(argv: list[str]) -> int:
     return demo_main(argv)
 
 
+def _watch(argv: list[str]) -> int:
+    from fashionstream.pipeline.cli import watch_main
+
+    return watch_main(argv)
+
+
 SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("demo", "run producer, model service and consumer in one process (embedded broker by default)", _demo),
     Subcommand("serve", "run the model service: images topic -> micro-batched inference -> predictions topic", _serve),
     Subcommand("produce", "send Fashion-MNIST test images or image files to the images topic", _produce),
     Subcommand("consume", "print predictions as they arrive, with running accuracy and latency", _consume),
+    Subcommand("watch", "a live web page of the stream: latest images and predictions, rates, dead letters", _watch),
     Subcommand("train", "train a classifier (LightningCLI: fit/validate/test, --config, class_path)", _train),
     Subcommand("export", "export a checkpoint to ONNX + TorchScript with a model card", _export),
     Subcommand("quantize", "int8 copy of an exported model (ONNX Runtime static quantisation)", _quantize),
@@ -138,6 +146,8 @@ def _user_error(command: str, error: BaseException) -> str | None:
         )
     if isinstance(error, ImportError) and (error.name or "").split(".")[0] == "onnxruntime":
         return "serving a model needs ONNX Runtime; install it with: pip install 'fashionstream[serve]'"
+    if isinstance(error, ImportError) and (error.name or "").split(".")[0] == "aiohttp":
+        return "the watch page needs aiohttp, its web server; install it with: pip install 'fashionstream[watch]'"
     if isinstance(error, PubSubError):
         return _broker_error(error)
     # A missing model or image file, a card that does not fit its model, a missing or corrupt dataset.
@@ -152,6 +162,11 @@ def run_subcommand(command: Subcommand, argv: list[str]) -> int:
         return command.run(argv)
     except KeyboardInterrupt:
         return 130  # the shell's code for "stopped by Ctrl-C"; the user knows why
+    except BrokenPipeError:
+        # The reader went away (`fashionstream demo | head`): nothing more to say to it. Point stdout at
+        # /dev/null so that flushing it at exit does not raise again, and exit as a killed writer would.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as error:
         message = _user_error(command.name, error)
         if message is None:

@@ -15,6 +15,9 @@ field of format version 1 is required (a field that may be unknown is present as
 card leaves the key out rather than writing `null`. An unknown field is an error rather than silently
 dropped, so a card read here is complete and writing it back loses nothing. Errors name the file and
 the field. Standard library only: the torch-free Predictor reads cards.
+
+The .onnx file carries the card's essentials itself (`EmbeddedCard`, in its `metadata_props`), so that
+the file alone can be served; `card.embedded()` is what a model file of this card must carry.
 """
 
 from __future__ import annotations
@@ -200,6 +203,106 @@ class ModelCard:
         """The card as a JSON object (tuples as lists), in the file's field order."""
         result: dict[str, Any] = _to_json(self)
         return result
+
+    def embedded(self) -> EmbeddedCard:
+        """The part of this card that its .onnx file carries in its metadata (`EmbeddedCard`)."""
+        return EmbeddedCard(**{f.name: _at(self, f.metadata["card"]) for f in dataclasses.fields(EmbeddedCard)})
+
+
+# --- the card's essentials inside the .onnx file --------------------------------------------------
+
+METADATA_PREFIX = "fashionstream."  # of every metadata_props key this package writes into an .onnx file
+METADATA_VERSION_KEY = METADATA_PREFIX + "format_version"
+
+
+def _card_field(path: str) -> Any:
+    """A field holding the card's field at `path` ("test.accuracy" for a nested one), of the same type."""
+    return dataclasses.field(metadata={"card": path})
+
+
+@dataclass(frozen=True)
+class EmbeddedCard:
+    """The essentials of a model card, carried by the .onnx file itself in its `metadata_props`.
+
+    Enough to serve the file with nothing beside it (class names; the input's name, shape, layout and
+    normalisation; the output's kind) and to say what it is (name, net, params, MACs, test accuracy).
+    Each field is the card field named in its metadata, with the same type. In the file: one entry per
+    field, key `fashionstream.<card field>` (`fashionstream.input`, `fashionstream.test.accuracy`), value
+    the field's JSON exactly as the card file writes it, plus `fashionstream.format_version`, the card
+    format. The card stays the full record (per-class scores, training, data, versions) and holds the
+    file's SHA-256, which the file cannot hold about itself. Values that change between two runs of
+    the same recipe on the same file (creation time, seconds taken) are left out, so embedding is
+    reproducible byte for byte.
+    """
+
+    name: str = _card_field("name")
+    class_names: tuple[str, ...] = _card_field("class_names")
+    input: InputSpec = _card_field("input")
+    output: OutputSpec = _card_field("output")
+    tta_flip_baked_in: bool = _card_field("tta_flip_baked_in")
+    architecture: Architecture = _card_field("architecture")
+    params: int = _card_field("params")
+    macs: int = _card_field("macs")
+    test_accuracy: float = _card_field("test.accuracy")
+    test_n: int = _card_field("test.n")
+
+    def to_metadata(self) -> dict[str, str]:
+        """The `metadata_props` entries, in a fixed order (the format version first)."""
+        props = {METADATA_VERSION_KEY: json.dumps(FORMAT_VERSION)}
+        for f in dataclasses.fields(self):
+            value = _to_json(getattr(self, f.name))
+            props[METADATA_PREFIX + f.metadata["card"]] = json.dumps(value, ensure_ascii=False)
+        return props
+
+    @classmethod
+    def from_metadata(cls, props: Mapping[str, str], *, source: str) -> EmbeddedCard | None:
+        """The embedded card of a model file's `metadata_props`; None when it has no `fashionstream.` entry.
+
+        Entries of other tools are ignored. A partial, unknown or mistyped `fashionstream.` entry is a
+        ModelCardError naming `source` (the file) and the key, as a broken card file is.
+        """
+        ours = {key: value for key, value in props.items() if key.startswith(METADATA_PREFIX)}
+        if not ours:
+            return None
+        version = ours.pop(METADATA_VERSION_KEY, None)
+        if version != json.dumps(FORMAT_VERSION):
+            raise ModelCardError(
+                f"{source}: metadata {METADATA_VERSION_KEY} {version!r} is not supported (this fashionstream reads "
+                f"{FORMAT_VERSION}); embed the card again with this version"
+            )
+        by_key = {METADATA_PREFIX + f.metadata["card"]: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(ours) - set(by_key))
+        if unknown:
+            raise ModelCardError(f"{source}: unknown metadata entry {unknown[0]!r} (expected only {', '.join(by_key)})")
+        missing = [key for key in by_key if key not in ours]
+        if missing:
+            raise ModelCardError(f"{source}: required metadata entry {missing[0]!r} is missing")
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for key, f in by_key.items():
+            try:
+                values[f.name] = _from_json(hints[f.name], json.loads(ours[key]), key)
+            except json.JSONDecodeError as exc:
+                raise ModelCardError(f"{source}: metadata entry {key!r} is not valid JSON: {exc}") from None
+            except _FieldError as exc:
+                raise ModelCardError(f"{source}: metadata {exc}") from None
+        return cls(**values)
+
+    def differences(self, other: EmbeddedCard) -> list[str]:
+        """The card fields on which `self` and `other` disagree, each with both values."""
+        return [
+            f"{f.metadata['card']} ({getattr(self, f.name)!r} against {getattr(other, f.name)!r})"
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(other, f.name)
+        ]
+
+
+def _at(card: ModelCard, path: str) -> Any:
+    """The card's field at a dotted path."""
+    value: Any = card
+    for name in path.split("."):
+        value = getattr(value, name)
+    return value
 
 
 class _FieldError(ValueError):

@@ -251,9 +251,8 @@ class FashionMNIST(ImageDataModule):
     """Zalando's Fashion-MNIST: 60 k training and 10 k test images, 28×28 grey, 10 classes."""
 
     class_names = fashion_mnist_files.CLASS_NAMES
-    # Mean and standard deviation of the 60 k training pixels scaled to [0, 1].
-    mean = 0.2860
-    std = 0.3530
+    mean = fashion_mnist_files.FASHION_MNIST_MEAN
+    std = fashion_mnist_files.FASHION_MNIST_STD
 
     def load_arrays(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
         return fashion_mnist_files.load_split(split, Path(self.data_dir) if self.data_dir else None)

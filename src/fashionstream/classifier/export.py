@@ -4,7 +4,8 @@
     fashionstream export --checkpoint best --run_dir runs/fashion-cnn/version_0 --output_dir models --name fashion-cnn
 
 Writes `<output_dir>/<name>.onnx` (input "images" float32 (N, 1, 28, 28) normalised, dynamic N;
-output "logits" (N, 10)), `<name>.torchscript.pt` and `<name>.card.json`. The card (a `ModelCard`) records class
+output "logits" (N, 10); the card's essentials in its metadata, see `embed`), `<name>.torchscript.pt`
+and `<name>.card.json`. The card (a `ModelCard`) records class
 names, input shape and normalisation, the ONNX model's own accuracy on the full 10 k test set
 (measured here with ONNX Runtime — the numbers the Predictor will reproduce), params, MACs, the
 training command and resolved config, data checksums, library versions and the SHA-256 of the
@@ -12,7 +13,7 @@ model files. The exported net is the EMA copy when the run used EMA. Flip test-t
 is baked in only with `--tta true` (it doubles the MACs); the card says which.
 
 The steps, one function each: `resolve_checkpoint` → `read_checkpoint` / `module_from_checkpoint` →
-`serving_net` → `export_onnx` / `export_torchscript` → `score_onnx` → `build_card`.
+`serving_net` → `export_onnx` / `export_torchscript` → `score_onnx` → `build_card` → `embed.embed`.
 
 Serve an exported model with `--model <output_dir>/<name>.onnx` or $FASHIONSTREAM_MODEL. The default
 model is package data (`fashionstream.models`): to replace it, export into `src/fashionstream/models`
@@ -21,6 +22,7 @@ with `--name fashion-cnn` and rebuild the wheel.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import platform
@@ -39,7 +41,6 @@ from fashionstream.classifier.card import (
     FORMAT_VERSION,
     Architecture,
     Evaluation,
-    InputSpec,
     ModelCard,
     OutputSpec,
     Training,
@@ -47,8 +48,10 @@ from fashionstream.classifier.card import (
     Validation,
 )
 from fashionstream.classifier.data import FashionMNIST, ImageDataModule
+from fashionstream.classifier.embed import embed
 from fashionstream.classifier.module import ImageClassifier, build_classifier
 from fashionstream.classifier.nets import count_macs, count_params
+from fashionstream.classifier.predictor import DEFAULT_INPUT
 
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "images", "logits"  # the ONNX graph's names, recorded in the card
@@ -266,15 +269,7 @@ def build_card(
         torchscript_file=torchscript_path.name if torchscript_path else None,
         torchscript_sha256=sha256_file(torchscript_path) if torchscript_path else None,
         class_names=tuple(data.class_names),
-        input=InputSpec(
-            name=INPUT_NAME,
-            shape=(None, 1, 28, 28),
-            dtype="float32",
-            layout="NCHW, grey, light object on black background",
-            normalisation="x = (pixel / 255 - mean) / std",
-            mean=data.mean,
-            std=data.std,
-        ),
+        input=dataclasses.replace(DEFAULT_INPUT, name=INPUT_NAME, mean=data.mean, std=data.std),
         output=OutputSpec(name=OUTPUT_NAME, kind="logits", shape=(None, len(data.class_names))),
         tta_flip_baked_in=tta,
         architecture=Architecture(class_path=str(ckpt["hyper_parameters"]["_class_path"]), net=type(net).__name__),
@@ -340,6 +335,7 @@ def export(
         ckpt_path=ckpt_path,
         run_dir=run,
     )
+    card = embed(onnx_path, card)  # the .onnx file carries the card's essentials; the card its new SHA-256
     card_path = out / f"{name}.card.json"
     card.write(card_path)
     print(

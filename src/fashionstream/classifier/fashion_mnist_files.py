@@ -48,6 +48,9 @@ CLASS_NAMES: tuple[str, ...] = (
     "Bag",
     "Ankle boot",
 )
+# Mean and standard deviation of the 60 k training pixels scaled to [0, 1]: the normalisation models are trained with.
+FASHION_MNIST_MEAN = 0.2860
+FASHION_MNIST_STD = 0.3530
 
 Split = Literal["train", "test"]
 

@@ -25,6 +25,7 @@ decoded, so a 20,000×20,000 PNG is refused in microseconds without using memory
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.resources
 import io
@@ -38,7 +39,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from fashionstream.classifier.card import InputSpec, ModelCard, ModelCardError
+from fashionstream.classifier.card import EmbeddedCard, InputSpec, ModelCard, ModelCardError, OutputSpec
+from fashionstream.classifier.fashion_mnist_files import CLASS_NAMES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from fashionstream.classifier.png import read_plain_grey
 from fashionstream.reasons import InvalidInput, Reason
 
 DEFAULT_MODEL_NAME = "fashion-cnn"
@@ -65,14 +68,20 @@ class Prediction:
     probabilities: tuple[float, ...]
 
 
-def shipped_model_path() -> Path:
-    """The default model shipped inside the package (`fashionstream/models/`, see its docstring)."""
-    resource = importlib.resources.files("fashionstream.models") / f"{DEFAULT_MODEL_NAME}.onnx"
+def shipped_model_names() -> list[str]:
+    """Names of the models shipped inside the package, usable as `--model NAME`."""
+    folder = importlib.resources.files("fashionstream.models")
+    return sorted(entry.name.removesuffix(".onnx") for entry in folder.iterdir() if entry.name.endswith(".onnx"))
+
+
+def shipped_model_path(name: str = DEFAULT_MODEL_NAME) -> Path:
+    """A model shipped inside the package (`fashionstream/models/`, see its docstring), by name."""
+    resource = importlib.resources.files("fashionstream.models") / f"{name}.onnx"
     # ONNX Runtime and the card's relative file names need a real file: installed from a wheel or run
     # from a checkout the package is a folder, so the resource is one; a zipped install is not.
     if not isinstance(resource, Path) or not resource.is_file():
         raise ModelNotFoundError(
-            f"the shipped model {DEFAULT_MODEL_NAME}.onnx is not a file in this installation ({resource}); "
+            f"the shipped model {name}.onnx is not a file in this installation ({resource}); "
             "reinstall fashionstream from its wheel, or pass a model path or set $FASHIONSTREAM_MODEL"
         )
     return resource
@@ -85,23 +94,37 @@ def default_model_path() -> Path:
     return shipped_model_path()
 
 
-def resolve_model_files(path: str | Path | None) -> tuple[Path, Path]:
-    """(onnx file, card file) from an .onnx path, a .card.json path, or None (the default model)."""
+def card_path_of(onnx_path: Path) -> Path:
+    """Where the card of a model file lives: `<name>.card.json` beside `<name>.onnx`."""
+    return onnx_path.with_name(onnx_path.name.removesuffix(".onnx") + ".card.json")
+
+
+def find_model_files(path: str | Path | None) -> tuple[Path, Path | None]:
+    """(onnx file, card file or None when there is none beside it) from an .onnx path, a .card.json path,
+    a shipped model's name (`shipped_model_names`) or None (the default model)."""
+    if isinstance(path, str) and path in shipped_model_names() and not Path(path).exists():
+        path = shipped_model_path(path)  # a shipped model by name, e.g. "fashion-cnn-int8"
     path = default_model_path() if path is None else Path(path).expanduser()
     if path.name.endswith(".json"):
-        card_path = path
-        if not card_path.is_file():
-            raise ModelNotFoundError(f"model card {card_path} does not exist")
-        onnx_path = card_path.parent / ModelCard.read(card_path).onnx_file
+        card_path: Path | None = path
+        if not path.is_file():
+            raise ModelNotFoundError(f"model card {path} does not exist")
+        onnx_path = path.parent / ModelCard.read(path).onnx_file
     else:
         onnx_path = path
-        card_path = path.with_name(path.name.removesuffix(".onnx") + ".card.json")
+        card_path = card_path_of(path) if card_path_of(path).is_file() else None
     if not onnx_path.is_file():
         raise ModelNotFoundError(f"model file {onnx_path} does not exist")
-    if not card_path.is_file():
+    return onnx_path, card_path
+
+
+def resolve_model_files(path: str | Path | None) -> tuple[Path, Path]:
+    """(onnx file, card file) as `find_model_files` finds them, for tools that need the card itself."""
+    onnx_path, card_path = find_model_files(path)
+    if card_path is None:
         raise ModelNotFoundError(
-            f"model card {card_path} does not exist; export writes it next to the .onnx file "
-            "(it holds class names and input normalisation)"
+            f"model card {card_path_of(onnx_path)} does not exist; export writes it next to the .onnx file "
+            "(it records how the model was made and scored)"
         )
     return onnx_path, card_path
 
@@ -202,34 +225,124 @@ def model_input(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
     return x[:, None, :, :]
 
 
+GraphTensor = tuple[str, tuple[int | str | None, ...]]  # (name, shape) of a graph input or output
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-class Predictor:
-    """An exported classifier: ONNX Runtime session + model card. Thread-safe for concurrent `predict` calls."""
+class MissingMetadataWarning(UserWarning):
+    """A model file that does not carry its card's essentials: it is served from its card or from the defaults."""
 
-    def __init__(self, session: Any, card: ModelCard, model_id: str) -> None:
+
+# What a model file with neither embedded metadata nor a card is taken to be: a Fashion-MNIST classifier
+# as `fashionstream export` writes it (the input and output names are read from its graph).
+DEFAULT_INPUT = InputSpec(
+    name="images",
+    shape=(None, 1, 28, 28),
+    dtype="float32",
+    layout="NCHW, grey, light object on black background",
+    normalisation="x = (pixel / 255 - mean) / std",
+    mean=FASHION_MNIST_MEAN,
+    std=FASHION_MNIST_STD,
+)
+DEFAULT_OUTPUT = OutputSpec(name="logits", kind="logits", shape=(None, len(CLASS_NAMES)))
+
+
+@dataclass(frozen=True)
+class _Serving:
+    """What running the model needs: class names, how to feed it and what it returns."""
+
+    class_names: tuple[str, ...]
+    input: InputSpec
+    output: OutputSpec
+
+
+def describe_model(
+    onnx_path: Path, embedded: EmbeddedCard | None, card: ModelCard | None, card_path: Path | None
+) -> EmbeddedCard | None:
+    """The description a model is served by: the file's embedded metadata, checked against its card.
+
+    Both present: they must agree field for field, or ModelCardError names both files and every field
+    that differs (which one is right cannot be told, so neither is served). Only the card: it is used,
+    with a MissingMetadataWarning. Neither: None (the caller serves the defaults), with a warning.
+    """
+    if embedded is not None and card is not None:
+        differences = embedded.differences(card.embedded())
+        if differences:
+            raise ModelCardError(
+                f"the metadata embedded in {onnx_path} and its card {card_path} disagree on "
+                f"{'; '.join(differences)} (file against card); embed the card in the file again "
+                f"(python -m fashionstream.classifier.embed {onnx_path}) or restore the matching pair"
+            )
+        return embedded
+    if embedded is not None:
+        return embedded
+    if card is not None:
+        warnings.warn(
+            MissingMetadataWarning(
+                f"{onnx_path} carries no embedded model metadata; serving it as its card {card_path} describes it. "
+                f"Embed the card in the file: python -m fashionstream.classifier.embed {onnx_path}"
+            ),
+            stacklevel=3,
+        )
+        return card.embedded()
+    warnings.warn(
+        MissingMetadataWarning(
+            f"{onnx_path} carries no embedded model metadata and has no card {card_path_of(onnx_path)}; serving it "
+            f"as a Fashion-MNIST classifier: classes {', '.join(CLASS_NAMES)}; input (N, 1, 28, 28) float32, "
+            f"(pixel / 255 - {DEFAULT_INPUT.mean}) / {DEFAULT_INPUT.std}; output logits. If it was trained "
+            "otherwise its answers are wrong: export it with `fashionstream export`"
+        ),
+        stacklevel=3,
+    )
+    return None
+
+
+class Predictor:
+    """An exported classifier: ONNX Runtime session + what its file (and card) say about it.
+
+    Thread-safe for concurrent `predict` calls.
+    """
+
+    def __init__(
+        self,
+        session: Any,
+        serving: _Serving,
+        description: EmbeddedCard | None,
+        card: ModelCard | None,
+        card_path: Path,
+        model_id: str,
+    ) -> None:
         self._session = session
+        self._serving = serving
+        self._description = description
         self._card = card
+        self._card_path = card_path
         self._model_id = model_id
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, threads: int | None = None) -> Predictor:
-        """Load the .onnx model and its .card.json (either path works; None = the shipped model).
+        """Load an .onnx model (a .card.json path loads the model it names; None = the shipped model).
+
+        What serving needs comes from the metadata embedded in the file; the card beside it, when
+        there is one, must match the file (SHA-256) and agree with that metadata (`describe_model`).
+        A file without metadata is served from its card, and one with neither as a Fashion-MNIST
+        classifier (`DEFAULT_INPUT`, `DEFAULT_OUTPUT`), each with a MissingMetadataWarning.
 
         threads: ONNX Runtime intra-op threads; default min(2, CPU count) — on a 2-core box more
         threads only contend with the broker client and the batcher.
         """
         import onnxruntime as ort
 
-        onnx_path, card_path = resolve_model_files(path)
-        card = ModelCard.read(card_path)
+        onnx_path, card_path = find_model_files(path)
+        card = ModelCard.read(card_path) if card_path is not None else None
         model_bytes = onnx_path.read_bytes()
         digest = hashlib.sha256(model_bytes).hexdigest()
-        if card.model_sha256 != digest:
+        if card is not None and card.model_sha256 != digest:
             raise ModelCardError(
                 f"{onnx_path} does not match its card {card_path}: SHA-256 {digest[:12]}…, "
                 f"card says {card.model_sha256[:12]}…; re-export the model or restore the matching pair"
@@ -240,11 +353,40 @@ class Predictor:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session = ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
-        return cls(session, card, f"{card.name}@{digest[:12]}")
+        embedded = EmbeddedCard.from_metadata(session.get_modelmeta().custom_metadata_map, source=str(onnx_path))
+        description = describe_model(onnx_path, embedded, card, card_path)
+        if description is not None:
+            serving = _Serving(description.class_names, description.input, description.output)
+            name = description.name
+        else:
+            (graph_input,), graph_outputs = session.get_inputs(), session.get_outputs()  # a 2-input graph fails here
+            serving = _Serving(
+                CLASS_NAMES,
+                dataclasses.replace(DEFAULT_INPUT, name=graph_input.name),
+                dataclasses.replace(DEFAULT_OUTPUT, name=graph_outputs[0].name),
+            )
+            name = onnx_path.name.removesuffix(".onnx")
+        return cls(session, serving, description, card, card_path or card_path_of(onnx_path), f"{name}@{digest[:12]}")
+
+    @property
+    def description(self) -> EmbeddedCard | None:
+        """The card's essentials this model is served by: embedded in its file, else from its card;
+        None only for a model with neither, served with the defaults."""
+        return self._description
 
     @property
     def card(self) -> ModelCard:
+        """The model's card, the full record; ModelNotFoundError for a model loaded without one."""
+        if self._card is None:
+            raise ModelNotFoundError(
+                f"model card {self._card_path} does not exist (the model was loaded from its file alone; "
+                "`description` holds what the file says about itself)"
+            )
         return self._card
+
+    @property
+    def has_card(self) -> bool:
+        return self._card is not None
 
     @property
     def model_id(self) -> str:
@@ -252,7 +394,22 @@ class Predictor:
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        return self._card.class_names
+        return self._serving.class_names
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """What the model takes and how pixels are normalised for it."""
+        return self._serving.input
+
+    def graph_signature(self) -> tuple[list[GraphTensor], list[GraphTensor]]:
+        """(inputs, outputs) of the ONNX graph as (name, shape) pairs; a str or None dimension is dynamic.
+
+        What the graph really takes, to hold against what its card says (a card can be copied beside
+        the wrong graph with a matching hash only by mistake, but a swapped-in model must be checked).
+        """
+        inputs = [(node.name, tuple(node.shape)) for node in self._session.get_inputs()]
+        outputs = [(node.name, tuple(node.shape)) for node in self._session.get_outputs()]
+        return inputs, outputs
 
     @staticmethod
     def to_pixels(image: bytes | bytearray | np.ndarray | Image.Image, *, raw: bool = False) -> np.ndarray:
@@ -263,6 +420,9 @@ class Predictor:
                 if len(data) != 28 * 28:
                     raise InvalidImageError(Reason.BAD_SHAPE, f"raw pixels must be 784 bytes (28×28), got {len(data)}")
                 return np.frombuffer(data, dtype=np.uint8).reshape(28, 28).copy()
+            plain = read_plain_grey(data, max_pixels=28 * 28)
+            if plain is not None and plain.shape == (28, 28):
+                return plain  # the producer's form, a third of the general decoder's CPU (classifier/png.py)
             return _image_to_pixels(_open_image(data))
         if isinstance(image, np.ndarray):
             return _array_to_pixels(image)
@@ -285,19 +445,19 @@ class Predictor:
         probs = self.probabilities(batch)  # (N, C)
         labels = probs.argmax(axis=1)
         return [
-            Prediction(int(k), self._card.class_names[k], float(p[k]), tuple(float(v) for v in p))
+            Prediction(int(k), self._serving.class_names[k], float(p[k]), tuple(float(v) for v in p))
             for k, p in zip(labels, probs, strict=True)
         ]
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """uint8 (N, 28, 28) → float32 class probabilities (N, C)."""
-        spec, logits = self._card.input, self._card.output.kind == "logits"
+        spec, logits = self._serving.input, self._serving.output.kind == "logits"
         out = []
         for start in range(0, len(batch), _CHUNK):
             (scores,) = self._session.run(None, {spec.name: model_input(batch[start : start + _CHUNK], spec)})  # (n, C)
             out.append(_softmax(scores) if logits else scores)
         if not out:
-            return np.zeros((0, len(self._card.class_names)), dtype=np.float32)
+            return np.zeros((0, len(self._serving.class_names)), dtype=np.float32)
         return np.concatenate(out).astype(np.float32)
 
     def predict(self, image: bytes | np.ndarray | Image.Image, *, raw: bool = False) -> Prediction:

@@ -6,10 +6,11 @@
 
 Reads an fp32 `.onnx` file and its card, writes `<output>.onnx` and `<output>.card.json` (a `ModelCard`
 like the source's, with its own SHA-256, test accuracy measured on the int8 file with ONNX Runtime, and a
-`quantization` record saying how it was made). Takes a few seconds on 2 cores. Expect the shipped
-FashionCNN to keep its test accuracy within a few hundredths of a percentage point and to run over twice
-as fast at batch 256 on a CPU with AVX-512 VNNI; without VNNI int8 gains little (docs/benchmarks.md).
-The same settings and the same ONNX Runtime version rebuild the same file byte for byte.
+`quantization` record saying how it was made); the int8 file carries its own card's essentials (`embed`).
+Takes a few seconds on 2 cores. Expect the shipped FashionCNN to keep its test accuracy within a few
+hundredths of a percentage point and to run over twice as fast at batch 256 on a CPU with AVX-512 VNNI;
+without VNNI int8 gains little (docs/benchmarks.md). The same settings and the same ONNX Runtime
+version rebuild the same graph byte for byte; the embedded metadata holds the test score measured on it.
 
 Which images are used for what, and why:
 - calibration: the first `calibration_images` of the *training* part of the model's own train/validation
@@ -41,6 +42,7 @@ from typing import Literal
 import numpy as np
 
 from fashionstream.classifier.card import Evaluation, ModelCard, Quantization
+from fashionstream.classifier.embed import embed
 from fashionstream.classifier.evaluate import evaluate as evaluate_on_test_set
 from fashionstream.classifier.fashion_mnist_files import load_split, validation_split
 from fashionstream.classifier.predictor import Predictor, model_input, resolve_model_files
@@ -278,8 +280,8 @@ def quantize(
         preprocessed=settings.preprocess,
         nodes_excluded=tuple([_first_conv(source_path)] if settings.exclude_first_conv else ()),
         settings_chosen_on=(
-            "the defaults, chosen by bench/quantize.py sweep on the 6,000 validation images of the shipped "
-            "fashion-cnn's train/validation split (docs/benchmarks.md)"
+            "the defaults, chosen by bench/quantize.py sweep on the 6,000 validation images of a FashionCNN "
+            "[16, 32, 48, 112]'s train/validation split (docs/benchmarks.md); the same for every source model"
             if settings == Settings()
             else "given on the command line"
         ),
@@ -291,11 +293,12 @@ def quantize(
         onnxruntime=onnxruntime.__version__,
     )
     card_path = out.with_name(out.name.removesuffix(".onnx") + ".card.json")
-    quantized_card(source, out, NOT_EVALUATED, record).write(card_path)
+    # The file carries its own card's essentials, not the ones the quantiser copied from the source.
+    embed(out, quantized_card(source, out, NOT_EVALUATED, record)).write(card_path)
     score = "test accuracy not evaluated"
     if evaluate:
         # Scored through the Predictor, which checks the card's SHA-256 against the file: the numbers serving sees.
-        card = quantized_card(source, out, score_on_test_set(Predictor.load(out), data_dir), record)
+        card = embed(out, quantized_card(source, out, score_on_test_set(Predictor.load(out), data_dir), record))
         card.write(card_path)
         score = f"test accuracy (ONNX Runtime, {card.test.n} images): {card.test.accuracy:.4f}"
     print(
