@@ -12,15 +12,34 @@ LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+#: Cloud Logging's severities for Python's levels, highest first (see `severity`).
+_SEVERITIES = (
+    (logging.CRITICAL, "CRITICAL"),
+    (logging.ERROR, "ERROR"),
+    (logging.WARNING, "WARNING"),
+    (logging.INFO, "INFO"),
+)
+
+
+def severity(levelno: int) -> str:
+    """The `severity` of a line at `levelno`: the name of the highest standard level not above it.
+
+    Google Cloud Logging takes a JSON line's `severity` field as the entry's severity; a custom
+    level between two standard ones takes the lower one's name, anything below INFO is DEBUG.
+    """
+    return next((name for level, name in _SEVERITIES if levelno >= level), "DEBUG")
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and any `extra=` fields."""
+    """One JSON object per line: time, severity, level, logger, message and any `extra=` fields."""
 
     _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
+            "severity": severity(record.levelno),
+            "level": record.levelname.lower(),  # Python's name for the level, custom levels included
             "logger": record.name,
             "message": record.getMessage(),
         }

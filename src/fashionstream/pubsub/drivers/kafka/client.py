@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -13,6 +12,7 @@ from confluent_kafka import KafkaError, KafkaException
 from fashionstream.pubsub import errors
 from fashionstream.pubsub.driver import ParsedURL
 from fashionstream.pubsub.drivers.kafka import bootstrap_servers
+from fashionstream.pubsub.drivers.kafka.client_log import Line, LineThrottle, normalize
 from fashionstream.pubsub.drivers.kafka.errors import CONNECTION, NOT_FOUND, classify
 from fashionstream.pubsub.errors import ErrorCode
 from fashionstream.pubsub.urls import is_secret, safe_url
@@ -34,43 +34,57 @@ _FROM_URL = frozenset({"bootstrap.servers", "group.id"})
 class ClientLog:
     """Where one client's librdkafka log lines and error events go: Python logging, without the flood.
 
-    While no broker answers, librdkafka retries the connection about twenty times a second and
-    reports every failed attempt twice, as a log line and as an error event: opening a topic at a
-    wrong address used to print hundreds of lines before the one error that explains them. So
+    While no broker answers, librdkafka retries the connection up to twenty times a second and
+    reports every failed attempt: opening a topic at a wrong address would print hundreds of
+    lines before the one error that explains them. Every line passes a `LineThrottle` (each
+    distinct line once per window, then a count of its repeats; a cap per second), and
     connection failures go to DEBUG while the client is being opened (the open then fails with
-    Unavailable naming the address), and afterwards each kind of error is logged as a WARNING at
-    most once a minute, the repeats at DEBUG. Callbacks may run on any thread that polls the client.
+    Unavailable naming the address), to WARNING afterwards. librdkafka calls these methods on
+    whichever thread polls the client; the throttle is thread-safe.
     """
 
-    #: Seconds between two WARNINGs about the same kind of error.
-    REPEAT_WARNING_S = 60.0
-
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.what = what
         #: Set once the client is open: connection failures are then news, not the reason the open fails.
         self.opened = False
-        self._warned: dict[int, float] = {}
-        self._lock = threading.Lock()
+        self._throttle = LineThrottle(what, clock=clock)
 
     def log(self, level: int, fmt: str, *args: object) -> None:
         """librdkafka's log lines (confluent-kafka's `logger` interface: fmt "%s [%s] %s", facility first)."""
-        if args and args[0] == "FAIL":  # a broker connection failed: also reported to `error`, once counted
-            level = logging.DEBUG
-        _librdkafka_log.log(level, fmt, *args)
+        facility = args[0] if args else ""
+        if facility == "FAIL":
+            # librdkafka reports each failed broker connection twice, in one go: as this FAIL line
+            # and as an error event (`error` below) with the same words. The error event is the one
+            # kept: it carries the error code, which tells a broker that is away (expected while
+            # opening: the open fails with Unavailable) from a refused login or a fatal error, and
+            # it is also how "all brokers down" and a consumer's transient errors arrive.
+            return
+        if _librdkafka_log.isEnabledFor(level):  # lines nobody shows must not use up the cap
+            message = normalize(str(args[-1])) if args else fmt  # the text after facility and client name
+            self._print(
+                (_librdkafka_log.name, level, facility, message),
+                Line(_librdkafka_log.name, level, fmt % args if args else fmt),
+            )
 
     def error(self, err: KafkaError) -> None:
         """librdkafka's error events (`error_cb`), and transient errors a consumer returns."""
-        code = err.code()
-        if not self.opened and code in CONNECTION:
-            _log.debug("%s: %s", self.what, err)
-            return
-        now = time.monotonic()
-        with self._lock:
-            due = now - self._warned.get(code, -self.REPEAT_WARNING_S) >= self.REPEAT_WARNING_S
-            if due:
-                self._warned[code] = now
         # Transport errors are retried by librdkafka itself; they explain a later timeout.
-        _log.log(logging.WARNING if due else logging.DEBUG, "%s: %s", self.what, err)
+        level = logging.DEBUG if not self.opened and err.code() in CONNECTION else logging.WARNING
+        if _log.isEnabledFor(level):
+            key = (_log.name, level, err.code(), normalize(err.str()))
+            self._print(key, Line(_log.name, level, f"{self.what}: {err}"))
+
+    def flush(self) -> None:
+        """Print the repeat counts still pending: when the client closes."""
+        self._emit(self._throttle.flush())
+
+    def _print(self, key: tuple[object, ...], line: Line) -> None:
+        self._emit(self._throttle.offer(key, line))
+
+    @staticmethod
+    def _emit(lines: list[Line]) -> None:
+        for logger, level, text in lines:
+            logging.getLogger(logger).log(level, "%s", text)
 
 
 def scrub(text: str, options: Mapping[str, object]) -> str:
