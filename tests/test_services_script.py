@@ -5,8 +5,14 @@ from __future__ import annotations
 import base64
 import importlib.machinery
 import importlib.util
+import time
+import uuid
 from pathlib import Path
 from types import ModuleType
+
+import pytest
+
+from own_kafka import OwnKafka
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "services"
 
@@ -29,3 +35,66 @@ def test_kafka_cluster_ids_never_start_with_a_dash_so_storage_format_accepts_the
     assert not [i for i in ids if i.startswith("-")]
     assert len(set(ids)) == len(ids)
     assert {len(base64.urlsafe_b64decode(i + "==")) for i in ids} == {16}  # a 128-bit UUID, as Kafka expects
+
+
+def _write_and_read_back(address: str, topic: str, payload: bytes | None) -> list[bytes]:
+    """Create `topic` and write `payload` to it when one is given; then every message the topic holds."""
+    from confluent_kafka import Consumer, Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    if payload is not None:
+        admin = AdminClient({"bootstrap.servers": address})  # kept alive until the future resolves
+        admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
+        producer = Producer({"bootstrap.servers": address})
+        producer.produce(topic, payload)
+        assert producer.flush(30) == 0
+    consumer = Consumer(
+        {"bootstrap.servers": address, "group.id": f"check-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"}
+    )
+    try:
+        consumer.subscribe([topic])
+        received: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while not received and time.monotonic() < deadline:
+            message = consumer.poll(1.0)
+            if message is not None and message.error() is None:
+                received.append(message.value())
+        return received
+    finally:
+        consumer.close()
+
+
+def _topics(address: str) -> set[str]:
+    from confluent_kafka.admin import AdminClient
+
+    return set(AdminClient({"bootstrap.servers": address}).list_topics(timeout=30).topics)
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_kafka_keeps_its_data_across_stop_and_start_until_an_explicit_reset(tmp_path: Path) -> None:
+    # A private broker (own cache dir and ports): the shared one must never be stopped or wiped.
+    broker = OwnKafka(tmp_path)
+    try:
+        out = broker.start()
+        assert "formatted new storage" in out
+        first_id = broker.cluster_id()
+        assert first_id
+        topic = f"kept-{uuid.uuid4().hex[:8]}"
+        assert _write_and_read_back(broker.address, topic, b"still here") == [b"still here"]
+
+        broker.stop()
+        out = broker.start()
+        assert "reusing the data" in out, out
+        assert broker.cluster_id() == first_id
+        assert _write_and_read_back(broker.address, topic, None) == [b"still here"]
+
+        out = broker.start("--reset")  # stops the running broker, deletes its data, starts a new cluster
+        assert "formatted new storage" in out, out
+        assert broker.cluster_id() not in (None, first_id)
+        assert topic not in _topics(broker.address)
+
+        broker.services("reset")
+        assert broker.pid() is None and not broker.data_dir.exists()
+    finally:
+        broker.close()
