@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import grpc
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.auth.exceptions import DefaultCredentialsError
@@ -21,6 +22,12 @@ METADATA_TIMEOUT_S = 10.0
 _CLIENT_OPTIONS = frozenset({"credentials", "client_options", "transport", "client_info"})
 
 T = TypeVar("T")
+
+# gRPC's default caps a received message at 4 MB. A Pull answer holds up to MAX_PULL_MESSAGES messages
+# of up to 10 MB each, so on a capped channel a few large messages make every Pull fail and the
+# subscription stalls for good. The clients' own channel to Google lifts both caps; the one they open
+# to the emulator does not, so the driver opens that one itself with the same options.
+_UNCAPPED_CHANNEL = (("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1))
 
 
 def portable(error: BaseException, message: str) -> errors.PubSubError:
@@ -49,18 +56,29 @@ def client_kwargs(options: dict[str, object], also_accepted: tuple[str, ...] = (
         accepted = ", ".join(sorted(_CLIENT_OPTIONS | set(also_accepted)))
         raise errors.InvalidArgument(f"unknown Pub/Sub option(s) {', '.join(unknown)}; accepted: {accepted}")
     kwargs: dict[str, Any] = dict(options)
-    if os.environ.get("PUBSUB_EMULATOR_HOST") and "credentials" not in kwargs:
+    if os.environ.get("PUBSUB_EMULATOR_HOST") and "credentials" not in kwargs and "transport" not in kwargs:
         # The generated clients open a plain-text channel to the emulator by themselves, but still
         # look for Google credentials unless told there are none.
         kwargs["credentials"] = AnonymousCredentials()  # type: ignore[no-untyped-call]
     return kwargs
 
 
+def _emulator_transport(factory: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`kwargs` with a gRPC transport to the emulator whose channel has no message-size caps."""
+    emulator = os.environ.get("PUBSUB_EMULATOR_HOST")
+    get_transport_class = getattr(factory, "get_transport_class", None)
+    if not emulator or "transport" in kwargs or get_transport_class is None:
+        return kwargs
+    channel = grpc.insecure_channel(emulator, options=_UNCAPPED_CHANNEL)
+    rest = {key: value for key, value in kwargs.items() if key != "credentials"}  # a transport brings its own
+    return {**rest, "transport": get_transport_class("grpc")(channel=channel)}
+
+
 def make_client(
     factory: Callable[..., T], options: dict[str, object], what: str, also_accepted: tuple[str, ...] = ()
 ) -> T:
     try:
-        return factory(**client_kwargs(options, also_accepted))
+        return factory(**_emulator_transport(factory, client_kwargs(options, also_accepted)))
     except errors.PubSubError:
         raise
     except DefaultCredentialsError as err:
