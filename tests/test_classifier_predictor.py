@@ -178,12 +178,15 @@ def test_predict_command_prints_one_line_per_file(
     images, labels = test_set
     good = tmp_path / "trouser.png"
     good.write_bytes(_png(images[int(np.flatnonzero(labels == 1)[0])]))  # a real trouser from the test set
+    bmp = tmp_path / "trouser.bmp"  # local files may be in any format Pillow reads, unlike service requests
+    Image.fromarray(images[int(np.flatnonzero(labels == 1)[0])]).save(bmp, format="BMP")
     bad = tmp_path / "notes.txt"
     bad.write_text("not an image")
-    assert cli_main(["predict", "--json", str(good), str(bad)]) == 1  # one file failed
+    assert cli_main(["predict", "--json", str(good), str(bmp), str(bad)]) == 1  # one file failed
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[0]["class_name"] == "Trouser"  # trousers are the easiest class (~99 % recall)
-    assert lines[1]["error"] == "not_an_image"
+    assert lines[1]["class_name"] == "Trouser" and lines[1]["confidence"] == lines[0]["confidence"]
+    assert lines[2]["error"] == "not_an_image"
 
 
 def test_a_shipped_model_is_found_by_its_name() -> None:

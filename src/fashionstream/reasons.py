@@ -18,11 +18,12 @@ class Reason(enum.StrEnum):
     EMPTY = "empty"  # no bytes, or an empty image field
     TOO_LARGE = "too_large"  # over the message-size limit, or image dimensions over the pixel limit
     BAD_JSON = "bad_json"  # a JSON body that is not a request
-    BAD_ATTRIBUTES = "bad_attributes"  # the CloudEvents envelope is missing or malformed
-    UNSUPPORTED_CONTENT_TYPE = "unsupported_content_type"
+    BAD_ATTRIBUTES = "bad_attributes"  # the CloudEvents envelope is missing or malformed (e.g. a non-UTF-8 id)
+    UNSUPPORTED_EVENT = "unsupported_event"  # a CloudEvents specversion or event type this contract does not serve
+    UNSUPPORTED_CONTENT_TYPE = "unsupported_content_type"  # a content type, or image content, not accepted
     NOT_AN_IMAGE = "not_an_image"  # bytes no image decoder recognises
     TRUNCATED = "truncated"  # an image file cut short
-    BAD_SHAPE = "bad_shape"  # pixels that cannot become a 28×28 grey image
+    BAD_SHAPE = "bad_shape"  # pixels that cannot become a 28×28 grey image (incl. < 8 px a side, beyond 4:1)
     MODEL_ERROR = "model_error"  # the model failed on this input even when run alone
 
 

@@ -3,9 +3,10 @@
     fashionstream predict shoe.png shirt.jpg
     fashionstream predict --model models/my-cnn.onnx --json *.png
 
-Any size or mode is accepted (converted to 28×28 grey, see `predictor`); the model expects a light
-item on a dark background like Fashion-MNIST, `--invert` flips dark-on-light photos. One line per
-file; a file that is not a usable image is reported and the exit status is 1.
+Any size, mode and format Pillow reads is accepted (converted to 28×28 grey, see `predictor`): these
+are the user's own files, so the model service's PNG/JPEG-only rule for network input does not apply.
+The model expects a light item on a dark background like Fashion-MNIST, `--invert` flips dark-on-light
+photos. One line per file; a file that is not a usable image is reported and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for path in args.images:
         try:
-            pixels = predictor.to_pixels(path.read_bytes())
+            pixels = predictor.to_pixels(path.read_bytes(), formats=None)
             if args.invert:
                 pixels = 255 - pixels
             pred = predictor.predict_pixels(pixels[None])[0]

@@ -16,9 +16,15 @@ Three kinds of message, documented for users in docs/pipeline.md:
 * **dead letter** on topic ``images.dlq``: the original body and attributes, typed as a dead
   letter, plus ``error`` (a `Reason`) and ``error_detail``.
 
+A request's event identity is checked before anything else: a `specversion` other than
+`SPEC_VERSION` or a `type` not in `REQUEST_TYPES` is refused (`Reason.UNSUPPORTED_EVENT`), never
+classified, because a new contract version changes the type (docs/pipeline.md, "Message
+contract"). Request ids must be text a client can match: not over `MAX_ID_CHARS`, and not holding
+U+FFFD or a lone surrogate, which is what undecodable (non-UTF-8) header bytes become.
+
 This module turns bytes + attributes into typed values and back. It never decodes images (the
-classifier's `Predictor.to_pixels` does) and never unpickles or evaluates anything: JSON and
-base64 are the only parsers it uses.
+classifier's `Predictor.to_pixels` does, and it alone decides by content which formats are images)
+and never unpickles or evaluates anything: JSON and base64 are the only parsers it uses.
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ from fashionstream.reasons import InvalidInput, Reason
 
 CONTRACT_VERSION = "1"
 REQUEST_TYPE = "dev.fashionstream.image.v1"
+# The request types this service answers: a v2 contract adds its type here for the migration.
+REQUEST_TYPES = (REQUEST_TYPE,)
+SPEC_VERSIONS = (SPEC_VERSION,)  # CloudEvents versions whose attributes this module reads
 PREDICTION_TYPE = "dev.fashionstream.prediction.v1"
 DEAD_LETTER_TYPE = "dev.fashionstream.deadletter.v1"
 DEFAULT_SOURCE = "fashionstream/producer"
@@ -142,11 +151,44 @@ def _expected_label(text: object) -> int | None:
 
 
 def _check_id(value: object) -> str:
+    if value is not None and not isinstance(value, str):
+        raise InvalidRequest(Reason.BAD_ATTRIBUTES, f"the request id must be a string, not a {type(value).__name__}")
     if not isinstance(value, str) or not value.strip():
         raise InvalidRequest(Reason.BAD_ATTRIBUTES, "the request id is missing or empty")
     if len(value) > MAX_ID_CHARS:
         raise InvalidRequest(Reason.BAD_ATTRIBUTES, f"the request id is longer than {MAX_ID_CHARS} characters")
+    if not value.isascii() and ("\ufffd" in value or any("\ud800" <= char <= "\udfff" for char in value)):
+        # Header bytes that are not UTF-8 arrive as U+FFFD (or lone surrogates from a JSON "\udc80"): an
+        # answer under such an id could never be matched by whoever sent it, nor published on every broker.
+        raise InvalidRequest(
+            Reason.BAD_ATTRIBUTES, f"the request id {value[:64]!r} is not valid UTF-8 text (it holds undecodable bytes)"
+        )
     return value
+
+
+def _check_event(specversion: str | None, event_type: str | None) -> None:
+    """Refuse an event this contract version does not describe; an absent attribute is read as version 1."""
+    if specversion is not None and specversion not in SPEC_VERSIONS:
+        raise InvalidRequest(
+            Reason.UNSUPPORTED_EVENT,
+            f"CloudEvents specversion {specversion[:64]!r} is not supported; this service reads "
+            f"{', '.join(SPEC_VERSIONS)}",
+        )
+    if event_type is not None and event_type not in REQUEST_TYPES:
+        raise InvalidRequest(
+            Reason.UNSUPPORTED_EVENT,
+            f"event type {event_type[:128]!r} is not a request this service answers ({', '.join(REQUEST_TYPES)})",
+        )
+
+
+def _json_loads(data: bytes, what: str) -> Any:
+    """`json.loads`, with every way it can fail (bad UTF-8, bad syntax, nesting too deep) as BAD_JSON."""
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidRequest(Reason.BAD_JSON, f"{what}: {error}") from error
+    except RecursionError as error:  # e.g. [[[[...]]]] 10,000 deep: no request nests more than two levels
+        raise InvalidRequest(Reason.BAD_JSON, f"{what}: JSON nested too deeply to parse") from error
 
 
 def decode_request(
@@ -172,6 +214,7 @@ def decode_request(
 
 
 def _decode_binary(data: bytes, attributes: Mapping[str, str], content_type: str) -> Request:
+    _check_event(attribute(attributes, "specversion"), attribute(attributes, "type"))
     rid = _check_id(attribute(attributes, "id"))
     if not data:
         raise InvalidRequest(Reason.EMPTY, "the message body is empty; expected an image")
@@ -188,6 +231,9 @@ def _decode_structured(data: bytes, attributes: Mapping[str, str]) -> Request:
         event = cloudevents.parse_structured(data)
     except cloudevents.StructuredModeError as error:
         raise InvalidRequest(Reason.BAD_JSON, str(error)) from error
+    except RecursionError as error:
+        raise InvalidRequest(Reason.BAD_JSON, "a structured-mode CloudEvent nested too deeply to parse") from error
+    _check_event(_structured_text(event, "specversion"), _structured_text(event, "type"))
     rid = _check_id(event.attributes.get("id"))
     if not event.data:
         raise InvalidRequest(Reason.EMPTY, "data_base64 is empty; expected an image")
@@ -195,6 +241,19 @@ def _decode_structured(data: bytes, attributes: Mapping[str, str]) -> Request:
     trace = {k: v for k, v in event.attributes.items() if k in cloudevents.TRACE_ATTRIBUTES}
     content_type = cloudevents.media_type(event.attributes.get("datacontenttype"))
     return Request(rid, event.data, _image_type(content_type), label, event.attributes.get("time"), trace=trace)
+
+
+def _structured_text(event: cloudevents.StructuredEvent, name: str) -> str | None:
+    """A structured event's context attribute, None when absent. One that is not a string, as CloudEvents
+    requires (`"specversion": 1.0`), becomes a description that matches no accepted value."""
+    if name in event.attributes:
+        return event.attributes[name]
+    value = event.extensions.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool | int | float):
+        return f"<JSON {type(value).__name__} {value!r}>"
+    return f"<JSON {type(value).__name__}>"  # not its text: a deeply nested value could not be printed
 
 
 def _image_type(content_type: str) -> str:
@@ -207,16 +266,13 @@ def _image_type(content_type: str) -> str:
 
 
 def _decode_json_form(data: bytes, expected_label: int | None = None) -> Request:
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidRequest(
-            Reason.BAD_JSON,
-            f'no CloudEvents attributes and the body is not the JSON {{"id", "image"}} form: {error}',
-        ) from error
+    doc = _json_loads(data, 'no CloudEvents attributes and the body is not the JSON {"id", "image"} form')
     if not isinstance(doc, dict) or "image" not in doc or "id" not in doc:
         raise InvalidRequest(Reason.BAD_JSON, 'the JSON body must be an object with "id" and "image" (base64 PNG)')
-    rid = _check_id(doc["id"] if isinstance(doc["id"], str) else str(doc["id"]))
+    raw_id = doc["id"]
+    if isinstance(raw_id, int) and not isinstance(raw_id, bool):
+        raw_id = str(raw_id)  # a number is taken as its decimal text; a list or object is no id
+    rid = _check_id(raw_id)
     if not isinstance(doc["image"], str):
         raise InvalidRequest(Reason.BAD_JSON, '"image" must be a base64 string')
     try:
@@ -306,7 +362,10 @@ def _number(value: Any, name: str) -> float:
 
 def decode_prediction(data: bytes) -> PredictionEvent:
     """Parse and validate a prediction body; ValueError with the field name on anything off."""
-    doc = json.loads(data)
+    try:
+        doc = json.loads(data)
+    except RecursionError as error:
+        raise ValueError("a prediction nested too deeply to parse") from error
     if not isinstance(doc, dict):
         raise ValueError("a prediction must be a JSON object")
     for name in ("id", "label", "class_name", "confidence", "probabilities", "model"):
