@@ -5,18 +5,24 @@ is `mem://`, so nothing else is needed: no dataset, no download, no broker. `--s
 the full test split instead. With a real broker the same run goes through it, creating topics and
 subscriptions first. The consumer and dead-letter readers use subscriptions unique to the run,
 so old messages from earlier runs do not count.
+
+`DemoWatch` serves the page of `fashionstream watch` from the demo's own process (`demo --watch`):
+the one way to watch `mem://`, whose embedded broker no other process can reach.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fashionstream.pipeline import cloudevents
@@ -27,6 +33,8 @@ from fashionstream.pipeline.metrics import ServiceMetrics
 from fashionstream.pipeline.producer import ProduceSummary, SourceImage, labelled_images, produce
 from fashionstream.pipeline.service import ModelService
 from fashionstream.pipeline.topology import Topology
+from fashionstream.pipeline.watch import WatchState
+from fashionstream.pipeline.watch_feed import WatchFeed, WatchSubscriptions, open_subscribers
 from fashionstream.pubsub import Publisher, Subscriber, admin, open_subscription, open_topic
 
 log = logging.getLogger("fashionstream.demo")
@@ -85,8 +93,13 @@ def run_demo(
     handler: ModelHandler[Any] | None = None,
     progress: Any | None = None,
     metrics: ServiceMetrics | None = None,
+    before_sending: Callable[[Topology], None] | None = None,
 ) -> DemoResult:
-    """Run the demo described by `config`; `topology` overrides the standard topic names (tests use unique ones)."""
+    """Run the demo described by `config`; `topology` overrides the standard topic names (tests use unique ones).
+
+    `before_sending(topology)` is called once the topics exist and before the first image is sent
+    (`DemoWatch.follow` creates the watch's subscriptions there, so that it sees the whole run).
+    """
     run_id = uuid.uuid4().hex[:8]
     base = topology or Topology(config.broker)
     topology = dataclasses.replace(base, consumer_subscription=f"{base.consumer_subscription}-demo-{run_id}")
@@ -102,6 +115,8 @@ def run_demo(
     # Encoded before the clock starts: the demo times the pipeline, not PNG encoding.
     images = list(labelled_images(config.source, config.count))
     try:
+        if before_sending is not None:
+            before_sending(topology)
         with ExitStack() as stack:
             clients = _open_clients(stack, config, topology, dlq_subscription)
             return _run(config, topology, clients, handler or OnnxModelHandler(config.model, threads=config.threads),
@@ -221,3 +236,93 @@ def _delete_quietly(options: dict[str, Any], *subscription_urls: str) -> None:
             admin.delete_subscription(url, **options)
         except Exception as error:  # noqa: BLE001 - clean-up only; the demo's result stands
             log.debug("could not delete %s: %s", url, error)
+
+
+class DemoWatch:
+    """The page of `fashionstream watch` served by the demo itself, on its broker and topics (`demo --watch`).
+
+    `serve()` starts the page on 127.0.0.1 (empty until the readers start); `follow(topology)`, which
+    `run_demo` calls once the topics exist and before anything is sent, creates the watch's own
+    subscriptions, unique to the run like the demo's readers', and starts its readers; `wait()` keeps
+    serving until a stop signal (or until a reader fails, see `errors`); `close()` stops the page and the
+    readers and deletes the subscriptions. A new Kafka consumer group starts at a topic's oldest
+    message, so the readers skip what the broker accepted before the run (`SINCE_MARGIN_S` earlier, for
+    clocks that disagree a little): the page shows this run, as the summary does.
+    """
+
+    HOST = "127.0.0.1"
+    START_TIMEOUT_S = 30.0
+    SINCE_MARGIN_S = 1.0
+
+    def __init__(self, config: DemoConfig) -> None:
+        # aiohttp comes with the `watch` extra: imported here, before anything is sent, so that a missing
+        # extra ends the command with the line naming it instead of a traceback after the run.
+        from fashionstream.pipeline.watch_page import serve
+
+        self._serve_page = serve
+        self.config = config
+        self.state, self.lock, self.stop = WatchState(), threading.Lock(), threading.Event()
+        self.feed = WatchFeed(self.state, self.lock, self.stop)
+        self.prefix = f"watch-demo-{uuid.uuid4().hex[:8]}"
+        self.port: int | None = None
+        self._stack = ExitStack()
+        self._subscriptions: WatchSubscriptions | None = None
+        self._server: threading.Thread | None = None
+        self._server_errors: list[BaseException] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.HOST}:{self.port}/"
+
+    @property
+    def errors(self) -> list[BaseException]:
+        """What stopped the page or a reader early (the broker went away, a subscription was deleted)."""
+        return self._server_errors + self.feed.errors
+
+    def serve(self) -> str:
+        """Start the page on its own thread; its URL once it listens. An OSError when the port is taken."""
+        listening = threading.Event()
+
+        def ready(port: int) -> None:
+            self.port = port
+            listening.set()
+
+        def run() -> None:
+            try:
+                asyncio.run(self._serve_page(self.state, self.lock, self.stop, self.HOST, self.config.watch_port,
+                                             ready))  # fmt: skip
+            except BaseException as error:  # noqa: BLE001 - handed to the command's thread
+                self._server_errors.append(error)
+                self.stop.set()
+                listening.set()
+
+        self._server = threading.Thread(target=run, name="watch-page", daemon=True)
+        self._server.start()
+        if not listening.wait(self.START_TIMEOUT_S):
+            raise TimeoutError(f"the watch page did not start listening within {self.START_TIMEOUT_S:.0f} s")
+        if self.port is None:
+            raise self._server_errors[0]
+        return self.url
+
+    def follow(self, topology: Topology) -> None:
+        """Create the watch's subscriptions on `topology`'s three topics and start reading them."""
+        subscriptions = WatchSubscriptions.of(topology, self.prefix)
+        self._subscriptions = subscriptions  # before creating them: `close` deletes whatever came to exist
+        self.feed.since = datetime.now(UTC) - timedelta(seconds=self.SINCE_MARGIN_S)
+        subscriptions.create(topology, self.config.admin_options())
+        self.feed.start(open_subscribers(self._stack, subscriptions, self.config.subscriber_options()))
+
+    def wait(self, until: threading.Event) -> None:
+        """Keep serving until `until` is set (a stop signal) or the page or a reader fails."""
+        while not until.wait(0.2) and not self.stop.is_set():
+            pass
+
+    def close(self) -> None:
+        self.stop.set()
+        if self._server is not None:
+            self._server.join(timeout=10)
+        self.feed.join()
+        self._stack.close()
+        if self._subscriptions is not None:
+            # A Kafka consumer group can be deleted only once its members have left: after the close above.
+            _delete_quietly(self.config.admin_options(), *self._subscriptions.urls())
