@@ -67,6 +67,7 @@ def markers(scheme: str) -> tuple[str, str]:
     """Each broker's table has its own place in docs/benchmarks.md."""
     return f"<!-- bench/pipeline.py {scheme}: start -->", f"<!-- bench/pipeline.py {scheme}: end -->"
 
+
 CLI = [sys.executable, "-m", "fashionstream.cli"]
 LOAD_FRACTIONS = (0.9, 0.5, 0.1)
 LIGHT_LOAD = 100.0  # images/s

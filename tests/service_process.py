@@ -51,6 +51,7 @@ class ServiceProcess:
         self.proc = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=self._log, text=True, env=os.environ.copy()
         )
+        ServiceProcess.started.append(self)  # before anything can fail, so `no_orphans` can kill it
         self.port = self._wait_for_port(timeout=90)
 
     def _wait_for_port(self, timeout: float) -> int:

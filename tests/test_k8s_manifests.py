@@ -81,8 +81,9 @@ def test_pods_meet_the_restricted_pod_security_standard(overlay: list[dict[str, 
         assert context["capabilities"]["drop"] == ["ALL"]
         assert context.get("capabilities", {}).get("add") is None
         assert context["readOnlyRootFilesystem"] is True
-        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            assert container[probe]["httpGet"]["path"] == "/healthz"
+        # Liveness restarts a stuck replica; readiness only takes it out of the rotation.
+        for probe, path in (("startupProbe", "/livez"), ("livenessProbe", "/livez"), ("readinessProbe", "/readyz")):
+            assert container[probe]["httpGet"]["path"] == path
     assert not any(volume.get("hostPath") for volume in pod.get("volumes", []))
 
 

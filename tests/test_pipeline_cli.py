@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -247,3 +252,78 @@ def test_training_without_the_train_extra_names_the_extra() -> None:
     message = _user_error("train", ModuleNotFoundError("No module named 'torch'", name="torch"))
     assert message is not None and "pip install 'fashionstream[train]'" in message
     assert _user_error("serve", RuntimeError("a bug")) is None  # bugs keep their traceback
+
+
+def read_lines(proc: subprocess.Popen[str], count: int, timeout: float) -> list[str]:
+    """Up to `count` lines of `proc`'s stdout, as many as come within `timeout` seconds."""
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        while len(lines) < count and (line := proc.stdout.readline()):
+            lines.append(line.rstrip("\n"))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return lines
+
+
+def test_demo_watch_prints_the_page_url_first_and_serves_the_run(tmp_path: Path) -> None:
+    """`demo --watch --json`: the URL line, then the JSON summary; /state counts the same run; SIGTERM exits 0."""
+    pytest.importorskip("aiohttp")
+    command = [sys.executable, "-m", "fashionstream.cli", "demo", "--watch", "--watch-port", "0", "--count", "50",
+               "--json"]  # fmt: skip
+    stderr = tmp_path / "demo.err"
+    with stderr.open("w") as err:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True, env=os.environ.copy())
+    try:
+        lines = read_lines(proc, 2, timeout=120)
+        assert len(lines) == 2, (lines, stderr.read_text())
+        assert lines[0].startswith("fashionstream watch: page on http://127.0.0.1:"), lines
+        url = "http://" + lines[0].split("page on http://", 1)[1].split()[0]
+        doc = json.loads(lines[1])
+        assert doc["sent"] == doc["answered"] == 50 and doc["lost"] == 0
+        with urllib.request.urlopen(url + "state", timeout=5) as response:
+            state = json.loads(response.read())
+        counters = state["counters"]
+        assert counters["requests"] == counters["answered"] == counters["scored"] == doc["answered"]
+        assert counters["dead_lettered"] == doc["dead_lettered"] and counters["duplicates"] == doc["duplicates"]
+        assert counters["accuracy"] == pytest.approx(doc["accuracy"], abs=5e-5)
+        assert state["latest_model"]
+        assert proc.poll() is None, "the page must outlive the summary"
+        assert f"page still on {url}: Ctrl-C to stop" in stderr.read_text()  # --json keeps it off stdout
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, stderr.read_text()
+        assert proc.stdout is not None and proc.stdout.read() == ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_demo_watch_without_aiohttp_names_the_extra(capsys: pytest.CaptureFixture[str], monkeypatch: Any) -> None:
+    monkeypatch.setitem(sys.modules, "aiohttp", None)  # as if the `watch` extra were not installed
+    monkeypatch.delitem(sys.modules, "fashionstream.pipeline.watch_page", raising=False)
+    code, lines = run_command(["demo", "--watch"], capsys)
+    assert code == 1
+    assert len(lines) == 1 and "pip install 'fashionstream[watch]'" in lines[0], lines
+
+
+def test_demo_watch_on_a_taken_port_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("aiohttp")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, lines = run_command(["demo", "--watch", "--watch-port", str(port)], capsys)
+    assert code == 1
+    assert len(lines) == 1 and lines[0].startswith("fashionstream demo: error:") and str(port) in lines[0], lines
+    assert "--watch-port" in lines[0]
+
+
+def test_watch_refuses_mem_and_points_to_demo_watch(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("aiohttp")
+    code, lines = run_command(["watch", "--broker", "mem://"], capsys)
+    assert code == 2
+    assert len(lines) == 1 and "fashionstream demo --watch" in lines[0], lines

@@ -9,18 +9,23 @@ missing, no model) are turned into one line by the `fashionstream` entry point.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from fashionstream.pipeline.config import ConsumeConfig, DemoConfig, ProduceConfig, ServiceConfig
+from fashionstream.pipeline.config import ConsumeConfig, DemoConfig, ProduceConfig, ServiceConfig, WatchConfig
 from fashionstream.pipeline.logs import configure_logging
 from fashionstream.pipeline.options import add_options, load
+
+if TYPE_CHECKING:
+    from fashionstream.pubsub.publisher import Publisher
 
 log = logging.getLogger("fashionstream")
 
@@ -58,39 +63,73 @@ def serve_main(argv: list[str]) -> int:
     configure_logging(config.log_format, config.log_level)
     from fashionstream.pipeline.handler import OnnxModelHandler
     from fashionstream.pipeline.metrics import Health, MetricsServer, ServiceMetrics
+    from fashionstream.pipeline.reload import RELOAD_PATH, reload_action
     from fashionstream.pipeline.service import ModelService
+    from fashionstream.pipeline.topic_check import TopicCheck, create_service_topics
     from fashionstream.pubsub import open_subscription, open_topic
 
     topology = config.topology()
     # Installed before the (slow) start-up so an early SIGTERM still exits cleanly.
     stop = _stop_on_signals()
+    services: list[ModelService] = []  # the reload triggers reach the service through this once it exists
+    # SIGHUP reloads the model (and no longer ends the process, its default); before the model has
+    # loaded there is nothing to replace, so it is ignored.
+    signal.signal(signal.SIGHUP, lambda signum, frame: services[0].reloader.signal() if services else None)
     if config.create_topics:
-        topology.create(subscriptions=((topology.images, topology.service_subscription),),
-                        options=config.admin_options(), **config.topic_creation())  # fmt: skip
-    metrics, health = ServiceMetrics(), Health()
-    server = MetricsServer(metrics.registry, health, config.metrics_host, config.metrics_port).start()
+        create_service_topics(config)
+    metrics, health = ServiceMetrics(), Health(stall_after_s=config.stall_timeout)
+    actions = {RELOAD_PATH: reload_action(lambda: services[0].reloader if services else None)}
+    server = MetricsServer(metrics.registry, health, config.metrics_host, config.metrics_port, actions).start()
+    publisher_options = config.publisher_options()
     try:
         with (
             open_subscription(topology.images_subscription_url, **config.subscriber_options()) as subscriber,
-            open_topic(topology.topic(topology.predictions), **config.publisher_options()) as predictions,
-            open_topic(topology.topic(topology.dead_letters), **config.publisher_options()) as dead_letters,
+            _closed_quickly(open_topic(topology.topic(topology.predictions), **publisher_options)) as predictions,
+            _closed_quickly(open_topic(topology.topic(topology.dead_letters), **publisher_options)) as dead_letters,
         ):
             handler = OnnxModelHandler(config.model, threads=config.threads)
             service = ModelService(config, handler, subscriber, predictions, dead_letters, metrics=metrics,
                                    health=health)  # fmt: skip
+            services.append(service)
+            metrics.watch_backlog(subscriber.backlog)
             # A plain line on stdout so scripts and tests can find a port picked with --metrics-port 0.
             print(
                 f"fashionstream serve: metrics on http://{config.metrics_host}:{server.port}/metrics "
-                f"health on /healthz; model {service.model_id}",
+                f"health on /livez (= /healthz) and /readyz; model {service.model_id}",
                 flush=True,
             )
             log.info("metrics listening", extra={"port": server.port})
-            stats = service.run(stop)
+            topic_check = TopicCheck(config, health).start()
+            try:
+                stats = service.run(stop)
+            finally:
+                topic_check.close()
     finally:
         server.close()
     log.info("exit", extra={"received": stats.received, "predicted": stats.predicted, "acked": stats.acked,
                             "dead_lettered": sum(stats.dead_lettered.values())})  # fmt: skip
     return 0
+
+
+#: Seconds a publisher may still wait for confirmations when `serve` closes it. The service's own
+#: shutdown already waited --shutdown-timeout for its answers, and what is still unconfirmed is
+#: redelivered (its request was not acked); so this stays short, and SIGTERM ends the process within
+#: Kubernetes' default 30 s grace period even while a topic has vanished or the broker is away.
+PUBLISHER_CLOSE_TIMEOUT_S = 1.0
+
+
+@contextlib.contextmanager
+def _closed_quickly(publisher: Publisher) -> Iterator[Publisher]:
+    """`publisher`, closed with PUBLISHER_CLOSE_TIMEOUT_S on the way out instead of its own flush timeout."""
+    try:
+        yield publisher
+    finally:
+        from fashionstream.pubsub.errors import PubSubError
+
+        try:
+            publisher.close(timeout=PUBLISHER_CLOSE_TIMEOUT_S)
+        except PubSubError as error:
+            log.warning("closing %s: %s", publisher.name, error)
 
 
 # --------------------------------------------------------------------------- produce
@@ -212,11 +251,50 @@ def demo_parser() -> argparse.ArgumentParser:
 def demo_main(argv: list[str]) -> int:
     config = load(DemoConfig, demo_parser(), argv)
     configure_logging(config.log_format, config.log_level)
+    if config.watch:
+        return _demo_watched(config)
     from fashionstream.pipeline.demo import run_demo
 
     result = run_demo(config)
     doc = result.as_dict()
     print(json.dumps(doc) if config.json else _demo_text(config, result.model, doc))
+    return 0 if doc["lost"] == 0 else 1
+
+
+def _demo_watched(config: DemoConfig) -> int:
+    """`demo --watch`: the page first (its URL the first line on stdout), then the run and its summary, then the
+    page alone until SIGINT/SIGTERM. With --json, stdout is the URL line and the JSON object, nothing else."""
+    import os
+
+    from fashionstream.pipeline.demo import DemoWatch, run_demo
+    from fashionstream.pubsub.urls import safe_url
+
+    watch = DemoWatch(config)  # without the `watch` extra this fails here, before anything is sent
+    try:
+        try:
+            url = watch.serve()
+        except OSError as error:
+            reason = os.strerror(error.errno).lower() if error.errno else str(error)
+            print(
+                f"fashionstream demo: error: the watch page cannot listen on {DemoWatch.HOST}:{config.watch_port}: "
+                f"{reason} (--watch-port picks another port, 0 a free one)",
+                file=sys.stderr,
+            )
+            return 1
+        # The line `fashionstream watch` prints, so scripts and tests find a port picked with --watch-port 0.
+        print(f"fashionstream watch: page on {url} watching {safe_url(config.broker)}", flush=True)
+        result = run_demo(config, before_sending=watch.follow)
+        # From here SIGINT/SIGTERM end the page cleanly; installed before the summary, which a script may
+        # answer at once with SIGTERM.
+        stop = _stop_on_signals()
+        doc = result.as_dict()
+        print(json.dumps(doc) if config.json else _demo_text(config, result.model, doc), flush=True)
+        print(f"page still on {url}: Ctrl-C to stop", file=sys.stderr if config.json else sys.stdout, flush=True)
+        watch.wait(stop)
+    finally:
+        watch.close()
+    if watch.errors:
+        raise watch.errors[0]
     return 0 if doc["lost"] == 0 else 1
 
 
@@ -246,3 +324,62 @@ def _demo_text(config: DemoConfig, model: str, doc: Mapping[str, object]) -> str
         f"  latency        p50 {_ms(latency['p50'])}   p95 {_ms(latency['p95'])}   p99 {_ms(latency['p99'])}\n"
         f"                 {latency_note}"
     )
+
+
+# --------------------------------------------------------------------------- watch
+
+
+def watch_parser() -> argparse.ArgumentParser:
+    return _parser(
+        "watch",
+        "Serve a live web page of the stream: the latest images with their predictions, throughput, latency, "
+        "dead letters, accuracy and the model that answered.",
+        WatchConfig,
+    )
+
+
+def watch_main(argv: list[str]) -> int:
+    config = load(WatchConfig, watch_parser(), argv)
+    configure_logging(config.log_format, config.log_level)
+    import asyncio
+    from contextlib import ExitStack
+
+    from fashionstream.pipeline.watch import WatchState
+    from fashionstream.pipeline.watch_feed import WatchFeed, WatchSubscriptions, open_subscribers
+    from fashionstream.pipeline.watch_page import serve
+    from fashionstream.pubsub import parse_broker
+    from fashionstream.pubsub.urls import safe_url
+
+    if parse_broker(config.broker).scheme == "mem":
+        # The embedded broker lives inside one process: a watch process of its own would see an empty broker.
+        print(
+            "fashionstream watch: error: mem:// is the embedded broker of one process, so a separate watch sees "
+            "nothing; `fashionstream demo --watch` serves this page from inside the demo's process, or watch a "
+            "stream on Kafka (kafka://) or Pub/Sub (gcppubsub://)",
+            file=sys.stderr,
+        )
+        return 2
+    topology = config.topology()
+    if config.create_topics:
+        topology.create(subscriptions=(), options=config.admin_options(), **config.topic_creation())
+    subscriptions = WatchSubscriptions.of(topology, config.subscription)
+    subscriptions.create(topology, config.admin_options())
+    stop = _stop_on_signals()
+    state, lock = WatchState(), threading.Lock()
+    feed = WatchFeed(state, lock, stop)
+
+    def ready(port: int) -> None:
+        # A plain line on stdout so scripts and tests can find a port picked with --port 0.
+        print(f"fashionstream watch: page on http://{config.host}:{port}/ watching {safe_url(config.broker)}",
+              flush=True)  # fmt: skip
+
+    with ExitStack() as stack:
+        feed.start(open_subscribers(stack, subscriptions, config.subscriber_options()))
+        try:
+            asyncio.run(serve(state, lock, stop, config.host, config.port, ready))
+        finally:
+            stop.set()
+            feed.join()
+    if feed.errors:
+        raise feed.errors[0]
+    return 0

@@ -112,7 +112,11 @@ class ModelConfig:
     """Which exported model answers, and how many CPU threads it may use."""
 
     TITLE: ClassVar[str] = "model"
-    model: str | None = option(None, "ONNX model file or its .card.json", default_text="the shipped model")
+    model: str | None = option(
+        None,
+        "ONNX model file, its .card.json, or the name of a shipped model (fashion-cnn, fashion-cnn-int8)",
+        default_text="the shipped model",
+    )
     threads: int | None = option(
         None, "ONNX Runtime intra-op threads", minimum=1, default_text="the predictor's choice for this machine"
     )
@@ -169,10 +173,30 @@ class ServiceConfig(ClientConfig, TopicCreationConfig, ModelConfig, BatchConfig,
     )
     metrics_port: int = option(9100, "port of /metrics and /healthz; 0 picks a free one", minimum=0)
     metrics_host: str = option("0.0.0.0", "address /metrics and /healthz listen on")
+    # Polling costs one stat() per model file per interval; 5 s puts a new model in service within ~10 s.
+    model_poll_interval: float = option(
+        5.0,
+        "seconds between checks of the model files for a change, which reloads the model; "
+        "0: reload only on SIGHUP or POST /admin/reload-model",
+        minimum=0,
+    )
     # Kubernetes' default grace period is 30 s and the service promises to exit within 5 s of
     # SIGTERM: 4 s to finish the open batch leave a margin for closing the broker clients.
     shutdown_timeout: float = option(4.0, "seconds to finish the in-flight batch after SIGTERM/SIGINT", minimum=0)
     publish_timeout: float = option(30.0, "seconds an answer may wait for broker confirmation", above=0)
+    # A restart cures what the service cannot see (a client stuck on a vanished cluster); 5 minutes
+    # rides out a broker restart or a rebalance without restarting healthy replicas.
+    stall_timeout: float = option(
+        300.0,
+        "seconds without a confirmed answer, while input waits or something is wrong, before /livez fails; 0: never",
+        minimum=0,
+    )
+    topic_check_interval: float = option(
+        15.0,
+        "seconds between checks that the topics exist (/readyz fails while one is missing; "
+        "--create-topics recreates it); 0: no checks",
+        minimum=0,
+    )
     # Not an option: the longest receive wait, which bounds how fast a stop signal is noticed.
     poll_timeout: float = 0.1
 
@@ -237,6 +261,13 @@ class DemoConfig(ClientConfig, ModelConfig, BatchConfig, ClientLoggingConfig):
     format: str = option("cloudevents", REQUEST_FORMAT_HELP, choices=REQUEST_FORMATS)
     timeout: float = option(120.0, "give up after this many seconds", above=0)
     json: bool = option(False, "print one JSON object instead of the text summary")
+    watch: bool = option(
+        False,
+        "serve the live page of `fashionstream watch` for this run, in this process (so mem:// too), on "
+        "127.0.0.1: its URL is the first line printed, and after the summary the page stays up until Ctrl-C "
+        "or SIGTERM",
+    )
+    watch_port: int = option(8000, "port of the --watch page; 0 picks a free one", minimum=0)
 
     def service_config(self, topology: Topology) -> ServiceConfig:
         """The configuration of the demo's own model service on `topology`."""
@@ -256,11 +287,38 @@ class DemoConfig(ClientConfig, ModelConfig, BatchConfig, ClientLoggingConfig):
         )
 
 
+@dataclass(frozen=True, kw_only=True)
+class WatchConfig(SubscriberConfig, TopicCreationConfig, ClientLoggingConfig):
+    """Every `fashionstream watch` option."""
+
+    TITLE: ClassVar[str] = "watching"
+
+    images_topic: str = option(IMAGES, "topic the requests arrive on")
+    predictions_topic: str = option(PREDICTIONS, "topic the predictions go to")
+    dead_letter_topic: str = option(DEAD_LETTERS, "topic unanswerable requests go to")
+    subscription: str = option(
+        "watch",
+        "prefix of the watch's own subscriptions (Kafka: consumer groups), one per topic, NAME-<topic>; "
+        "two watches of one stream need different names or they split the messages",
+    )
+    host: str = option("127.0.0.1", "address the page listens on")
+    port: int = option(8765, "port of the page; 0 picks a free one", minimum=0)
+
+    def topology(self) -> Topology:
+        return Topology(
+            self.broker,
+            images=self.images_topic,
+            predictions=self.predictions_topic,
+            dead_letters=self.dead_letter_topic,
+        )
+
+
 COMMANDS: dict[str, type] = {
     "serve": ServiceConfig,
     "produce": ProduceConfig,
     "consume": ConsumeConfig,
     "demo": DemoConfig,
+    "watch": WatchConfig,
 }
 
 if __name__ == "__main__":

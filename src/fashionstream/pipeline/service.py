@@ -14,6 +14,8 @@ until the failing input is alone (`run_isolating_failures`).
 
 The model is reached through one `ModelHandler` (load, decode an image, run a batch);
 everything around it (batching, bisection, metrics, dead letters) is the service's.
+It can be replaced while serving (`reload`): checked on another thread, swapped between two
+batches, so a reload drops no input and answers none twice.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from fashionstream.pipeline.config import ServiceConfig
 from fashionstream.pipeline.contract import Request
 from fashionstream.pipeline.handler import ModelHandler, Pixels
 from fashionstream.pipeline.metrics import Health, ServiceMetrics, ServiceStats
+from fashionstream.pipeline.outage import Outage
+from fashionstream.pipeline.reload import ModelReloader, describe
 from fashionstream.reasons import InvalidInput, Reason
 
 log = logging.getLogger("fashionstream.serve")
@@ -115,6 +119,8 @@ class ModelService:
     ) -> None:
         self.config = config
         self.handler = handler
+        # Created before the model loads, so that a change of its files meanwhile still causes a reload.
+        self.reloader = ModelReloader(handler, poll_interval=config.model_poll_interval, on_result=self._count_reload)
         self.model = handler.load_model()
         self.model_id = handler.model_id(self.model)
         self.subscriber = subscriber
@@ -122,7 +128,11 @@ class ModelService:
         self.dead_letters = dead_letters
         self.metrics = metrics or ServiceMetrics()
         self.health = health or Health()
+        self._receiving = Outage("receive", f"receiving from {config.images_topic!r}", log, self.health)
+        self._publishing = Outage("publish", "publishing answers", log, self.health)
         self.health.detail = {"model": self.model_id}
+        self.metrics.set_model(self.model_id, describe(handler, self.model).info)
+        self.reloader.current_id = self.model_id
         self.flavour = config.topology().flavour
         self._batcher: MicroBatcher[_Item] = MicroBatcher(config.max_batch_size, config.max_wait_ms, clock)
         self._pending: deque[_Pending] = deque()
@@ -150,18 +160,25 @@ class ModelService:
             },
         )
         backoff = 0.0
+        self.reloader.start()
         while not stop.is_set():
             self.health.beat()
+            self._swap_model()
             # An open batch never waits for input: if nothing more is ready it is classified now.
             timeout = self.config.poll_timeout if len(self._batcher) == 0 else 0.0
             try:
                 messages = self.subscriber.receive_batch(max_messages=self._batcher.room, timeout=timeout)
                 backoff = 0.0
+                self._receiving.succeeded()
             except Exception as error:  # noqa: BLE001 - a broker hiccup must not kill the service
                 backoff = min(max(backoff * 2, 0.1), 2.0)
-                log.warning("receive failed, retrying in %.1fs: %s", backoff, error)
+                self._receiving.failed(error)  # logged when the outage starts and when it ends
                 stop.wait(backoff)
                 continue
+            # One timestamp per receive (not per message): how long what arrives had waited in the broker.
+            self.metrics.backlog_age.received(messages, timeout > 0)
+            if not messages and len(self._batcher) == 0 and self._pending_messages == 0:
+                self.health.idle()  # nothing waits: an idle, healthy service is making progress
             for message in messages:
                 full = self._accept(message)
                 if full:
@@ -174,8 +191,25 @@ class ModelService:
             if ready:
                 self._process(ready)
             self._reap(block=self._pending_messages > self.config.max_in_flight)
+        self.reloader.close()
         self._shutdown()
         return self.stats
+
+    def _swap_model(self) -> None:
+        """Serve the model the reloader has checked, if any; called between batches, so each batch has one model."""
+        loaded = self.reloader.take()
+        if loaded is None:
+            return
+        previous = self.model_id
+        self.model, self.model_id = loaded.model, loaded.model_id
+        self.health.detail = {**self.health.detail, "model": self.model_id}
+        self.metrics.set_model(self.model_id, loaded.info)
+        self._count_reload("swapped")
+        log.info("model swapped", extra={"model": self.model_id, "previous": previous})
+        loaded.serving()
+
+    def _count_reload(self, result: str) -> None:
+        self.metrics.model_reloads.labels(result=result).inc()
 
     def _shutdown(self) -> None:
         """Stop pulling (the caller did), finish and publish the open batch, ack what the broker confirms."""
@@ -278,6 +312,16 @@ class ModelService:
     def _track(self, pending: _Pending) -> None:
         self._pending.append(pending)
         self._pending_messages += len(pending.messages)
+        pending.future.add_done_callback(self._publish_done)
+
+    def _publish_done(self, future: Future[Any]) -> None:
+        """Health and outage logging from a publish result (on the publisher's thread; acks stay in `_reap`)."""
+        error = future.exception()
+        if error is None:
+            self._publishing.succeeded()
+            self.health.progress()
+        else:
+            self._publishing.failed(error)
 
     def _reap(self, *, block: bool, timeout: float | None = None) -> None:
         """Ack inputs whose answers are confirmed; nack those whose publish failed.

@@ -150,6 +150,16 @@ def create_subscription(
     return _run(url, options, "creating", op)
 
 
+def topic_exists(url: str, **options: object) -> bool:
+    """Whether the topic of `url` exists (errors other than its absence are raised)."""
+    return _run(
+        url,
+        options,
+        "looking up",
+        lambda parsed, driver: driver.topic_exists(_require(resource_names(parsed)[0], "topic", parsed)),
+    )
+
+
 def delete_topic(url: str, **options: object) -> None:
     """Delete the topic of `url` (NotFound if it does not exist)."""
     _run(

@@ -144,6 +144,15 @@ class Subscriber:
         """What this subscriber receives from, e.g. "mem subscription 'service' on topic 'images'"."""
         return self._driver.name
 
+    def backlog(self) -> dict[str, int] | None:
+        """Messages the broker still holds for this subscription, by partition; None where it cannot say.
+
+        A driver offers this with an optional `backlog()` method (Kafka does: high watermark minus
+        committed offset of each partition assigned here). Safe to call from any thread.
+        """
+        backlog = getattr(self._driver, "backlog", None)
+        return backlog() if backlog is not None and not self._closed else None
+
     # -- receiving ---------------------------------------------------------------------------
 
     def receive(self, timeout: float | None = None) -> Message:

@@ -228,6 +228,10 @@ class MemoryBroker:
             )
             return True
 
+    def topic_exists(self, topic: str) -> bool:
+        with self._changed:
+            return topic in self._topics
+
     def delete_topic(self, topic: str) -> None:
         with self._changed:
             self._topic(topic)
@@ -480,6 +484,9 @@ class MemoryAdminDriver:
             dead_letter_topic=dead_letter_topic,
             max_delivery_attempts=max_delivery_attempts,
         )
+
+    def topic_exists(self, topic: str) -> bool:
+        return BROKER.topic_exists(topic)
 
     def delete_topic(self, topic: str) -> None:
         BROKER.delete_topic(topic)

@@ -40,6 +40,16 @@ class GcpAdminDriver:
             return subscription
         return f"projects/{self._project}/subscriptions/{subscription}"
 
+    def topic_exists(self, topic: str) -> bool:
+        path = self._topic_path(topic)
+        try:
+            self._publisher.get_topic(request={"topic": path}, timeout=client.METADATA_TIMEOUT_S, retry=None)
+        except gexc.NotFound:
+            return False
+        except gexc.GoogleAPICallError as err:
+            raise client.portable(err, f"looking up topic {path!r} on {self._address}") from err
+        return True
+
     def create_topic(self, topic: str, *, partitions: int = 1, replication_factor: int | None = None) -> bool:
         # Pub/Sub has neither partitions nor a replication factor to choose: both are ignored.
         path = self._topic_path(topic)

@@ -41,7 +41,7 @@ class KafkaAdminDriver:
         except TimeoutError as err:  # concurrent.futures' timeout
             raise errors.Timeout(f"{what} on {self.name}: no answer within {timeout:.0f} s") from err
 
-    def _topic_exists(self, topic: str) -> bool:
+    def topic_exists(self, topic: str) -> bool:
         try:
             client.check_topic(self._admin, topic, self._address, f"looking up topic {topic!r}")
         except errors.NotFound:
@@ -64,7 +64,7 @@ class KafkaAdminDriver:
             return False
         # Creation is acknowledged by the controller before every broker's metadata shows it;
         # wait, so that opening the topic right after does not see NotFound.
-        self._wait_until(lambda: self._topic_exists(topic), f"topic {topic!r} to appear")
+        self._wait_until(lambda: self.topic_exists(topic), f"topic {topic!r} to appear")
         return True
 
     def create_subscription(
@@ -99,7 +99,7 @@ class KafkaAdminDriver:
         future = self._admin.delete_topics([topic], operation_timeout=client.METADATA_TIMEOUT_S)[topic]
         self._wait(future, f"deleting topic {topic!r}")
         # Re-creating a topic of the same name right away fails while the deletion is in progress.
-        self._wait_until(lambda: not self._topic_exists(topic), f"topic {topic!r} to disappear")
+        self._wait_until(lambda: not self.topic_exists(topic), f"topic {topic!r} to disappear")
 
     def delete_subscription(self, subscription: str) -> None:
         groups = self._admin.delete_consumer_groups([subscription], request_timeout=client.METADATA_TIMEOUT_S)

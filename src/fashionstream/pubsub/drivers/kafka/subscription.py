@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Hashable, Sequence
 from typing import Any, cast
@@ -63,6 +64,10 @@ class KafkaSubscriptionDriver:
                 "heartbeat.interval.ms": 1_000,
                 "fetch.max.bytes": 4 * MAX_MESSAGE_BYTES,
                 "on_commit": self._on_commit,
+                # librdkafka's statistics carry each partition's high watermark and committed offset:
+                # the source of `backlog()`. Every 5 s, a scrape interval's worth of freshness.
+                "statistics.interval.ms": 5_000,
+                "stats_cb": self._on_stats,
             },
             self._client_log,
         )
@@ -70,6 +75,7 @@ class KafkaSubscriptionDriver:
         config["group.id"] = group
         self._consumer: Consumer = make_client(Consumer, config, self.name)
         self._partitions: dict[tuple[str, int], PartitionOffsets] = {}
+        self._lag: dict[str, int] = {}  # from the latest statistics; replaced whole, never mutated
         self._closed = False
         try:
             check_topic(self._consumer, self._topic, self._address, f"opening {self.name}")
@@ -77,7 +83,8 @@ class KafkaSubscriptionDriver:
                 [self._topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
             )
         except BaseException:
-            self._consumer.close()
+            self._consumer.close()  # serves the events queued while opening
+            self._client_log.flush()
             raise
         self._client_log.opened = True
 
@@ -121,6 +128,37 @@ class KafkaSubscriptionDriver:
         except KafkaException as err:
             # Revoke and close commit synchronously and must not fail: the worst case is redelivery.
             _log.warning("%s: offset commit failed: %s", self.name, err)
+
+    # -- optional: how far behind the group is
+
+    def backlog(self) -> dict[str, int]:
+        """High watermark minus committed offset of each partition assigned here, keyed by partition number.
+
+        From librdkafka's statistics (`_on_stats`, every 5 s), not from calls on the consumer: those
+        would wait for the receiving thread's poll, and this is asked from the metrics server's thread.
+        A partition without a known watermark yet is left out; one without a commit yet counts from
+        its oldest message, where a new group starts.
+        """
+        return dict(self._lag)
+
+    def _on_stats(self, stats_json: str) -> None:
+        # Served inside consume()/poll() on the receiving thread, like the rebalance callbacks.
+        try:
+            partitions = json.loads(stats_json)["topics"][self._topic]["partitions"]
+        except (ValueError, KeyError, TypeError):
+            return  # the topic is not in this report (not assigned yet): keep the last figures
+        lag: dict[str, int] = {}
+        for number, stats in partitions.items():
+            if (self._topic, int(number)) not in self._partitions:
+                continue  # "-1" (librdkafka's unassigned bucket) and partitions of other members
+            high, committed = stats.get("hi_offset", -1), stats.get("committed_offset", -1)
+            if committed < 0:
+                # The group has committed nothing here yet, so it starts at the oldest message
+                # (auto.offset.reset=earliest, the default above): all of the partition is to do.
+                committed = stats.get("lo_offset", -1)
+            if high >= 0 and committed >= 0:
+                lag[number] = max(0, high - committed)
+        self._lag = lag
 
     # -- driver protocol
 
@@ -233,6 +271,7 @@ class KafkaSubscriptionDriver:
         # Leaves the group at once, so the partitions (and their unacked messages) move on without
         # waiting for the session timeout.
         self._consumer.close()
+        self._client_log.flush()  # the repeat counts still pending
 
 
 def _by_partition(ack_ids: Sequence[Hashable]) -> dict[tuple[str, int], list[int]]:
