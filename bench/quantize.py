@@ -40,7 +40,7 @@ from fashionstream.classifier.evaluate import evaluate
 from fashionstream.classifier.fashion_mnist_files import load_split, validation_split
 from fashionstream.classifier.predictor import Predictor, resolve_model_files
 from fashionstream.classifier.quantize import Settings, calibration_indices, quantize_onnx, sha256_file
-from fashionstream.machine import describe_machine
+from fashionstream.machine import describe_machine, int8_instructions
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -76,16 +76,6 @@ def wait_for_quiet(max_load: float, patience_s: float = 600) -> float:
         print(f"load average {load:.2f} ≥ {max_load}: waiting", file=sys.stderr)
         time.sleep(15)
     return load
-
-
-def int8_instructions() -> list[str]:
-    """The CPU's 8-bit dot-product instructions that ONNX Runtime's int8 kernels use, from /proc/cpuinfo (Linux)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return [flag for flag in ("avx512_vnni", "avx_vnni", "amx_int8") if flag in flags]
 
 
 def images_per_s(predictor: Predictor, batch: np.ndarray, seconds: float) -> float:

@@ -14,6 +14,7 @@ import yaml
 from fashionstream.classifier.card import ModelCard, ModelCardError
 from fashionstream.classifier.fashion_mnist_files import load_split, validation_split
 from fashionstream.classifier.predictor import Predictor, shipped_model_path
+from fashionstream.machine import int8_instructions
 
 FP32 = shipped_model_path()
 INT8 = FP32.with_name("fashion-cnn-int8.onnx")
@@ -72,7 +73,13 @@ def test_int8_accuracy_on_the_full_test_set_is_within_0_3_points_of_fp32(
     accuracy = float((int8.probabilities(images).argmax(1) == labels).mean())
     fp32_accuracy = ModelCard.read(FP32.with_name("fashion-cnn.card.json")).test.accuracy
     assert accuracy >= fp32_accuracy - MAX_LOSS, (accuracy, fp32_accuracy)
-    assert abs(accuracy - int8.card.test.accuracy) < 0.002  # the card's number, reproduced
+    if int8_instructions():
+        # The card was scored on a CPU with VNNI; with VNNI kernels its number is reproduced.
+        assert abs(accuracy - int8.card.test.accuracy) < 0.002, (accuracy, int8.card.test.accuracy)
+    else:
+        # Without VNNI, uint8×int8 sums can saturate: answers differ (94.79 % on a 2-core AVX2 EPYC against
+        # the card's 94.99 %), still within the loss the int8 model is allowed.
+        assert abs(accuracy - int8.card.test.accuracy) <= MAX_LOSS, (accuracy, int8.card.test.accuracy)
 
 
 def test_int8_card_round_trips_and_fp32_card_has_no_quantization_key(tmp_path: Path) -> None:

@@ -24,6 +24,20 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def int8_instructions() -> list[str]:
+    """The CPU's 8-bit dot-product instructions that ONNX Runtime's int8 kernels use, from /proc/cpuinfo (Linux).
+
+    They decide more than speed: without VNNI, ONNX Runtime's uint8×int8 kernels can saturate 16-bit
+    intermediate sums, so an int8 model's answers (and its test accuracy) differ slightly by CPU.
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [flag for flag in ("avx512_vnni", "avx_vnni", "amx_int8") if flag in flags]
+
+
 def describe_machine(*packages: str) -> dict[str, Any]:
     """Host, CPU, core count, OS, Python, the load when asked, and the installed versions of `packages`."""
     info: dict[str, Any] = {

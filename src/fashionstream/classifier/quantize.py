@@ -46,6 +46,7 @@ from fashionstream.classifier.embed import embed
 from fashionstream.classifier.evaluate import evaluate as evaluate_on_test_set
 from fashionstream.classifier.fashion_mnist_files import load_split, validation_split
 from fashionstream.classifier.predictor import Predictor, model_input, resolve_model_files
+from fashionstream.machine import int8_instructions
 
 Format = Literal["QDQ", "QOperator"]
 CalibrationMethod = Literal["MinMax", "Entropy", "Percentile"]
@@ -155,8 +156,9 @@ def score_on_test_set(predictor: Predictor, data_dir: str | None = None) -> Eval
         n=result["n"],
         per_class_accuracy=tuple(result["per_class"].values()),  # in label order, as `evaluate` builds it
         seconds=round(result["n"] / result["images_per_s"], 2),
-        evaluated_with="onnxruntime CPU, full 10k test set, the int8 file itself, after quantisation "
-        "(never used for selection)",
+        evaluated_with="onnxruntime CPU "
+        f"({', '.join(int8_instructions()) or 'no VNNI'}: int8 answers differ slightly between CPUs with and without), "
+        "full 10k test set, the int8 file itself, after quantisation (never used for selection)",
     )
 
 
