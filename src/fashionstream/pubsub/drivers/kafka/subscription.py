@@ -35,8 +35,10 @@ _CONSUMER_FIXED = {"enable.auto.commit": False, "enable.auto.offset.store": Fals
 #: holds: with `serve`'s default cap (16 x --max-message-bytes) a fetch brings about one request
 #: of the largest accepted size.
 PREFETCH_SHARE = 16
-#: ... but never less than this per fetch: smaller fetches cost a round trip per few messages.
+#: ... but never less than this per fetch: smaller fetches cost a round trip per few messages;
 MIN_FETCH_BYTES = 64 * 1024
+#: and never more than librdkafka allows for max.partition.fetch.bytes and message.max.bytes.
+MAX_FETCH_BYTES = 1_000_000_000
 
 
 def fetch_limits(flow: FlowControl) -> dict[str, int]:
@@ -48,7 +50,7 @@ def fetch_limits(flow: FlowControl) -> dict[str, int]:
     fetch.max.bytes + 512): a response carrying such a batch is larger than fetch.max.bytes, and
     one larger than receive.message.max.bytes would fail on every try.
     """
-    fetch = max(flow.max_bytes // PREFETCH_SHARE, MIN_FETCH_BYTES)
+    fetch = min(max(flow.max_bytes // PREFETCH_SHARE, MIN_FETCH_BYTES), MAX_FETCH_BYTES)
     return {
         "fetch.max.bytes": fetch,
         "max.partition.fetch.bytes": fetch,
