@@ -122,6 +122,34 @@ class ConformanceCases:
             (message,) = receive_exactly(sub, 1)
         assert message.data == body
 
+    def test_byte_cap_stops_fetching_until_acks_free_room(self, backend: Any) -> None:
+        """max_outstanding_bytes: unacked bodies stop fetching at the cap; acks free room; a larger one comes alone."""
+        topic = backend.new_topic()
+        sub_url = backend.new_subscription(topic)
+        cap = 250_000
+        bodies = [bytes([i]) * 100_000 for i in range(5)] + [b"L" * 400_000]  # the last alone is over the cap
+        send_all(topic, bodies)
+        options = {**backend.subscriber_options, "max_outstanding_bytes": cap}
+        with open_subscription(sub_url, **options) as sub:
+            held: list[Message] = []
+            while batch := sub.receive_batch(10, timeout=3.0):  # nothing acked: it must stop by itself
+                held.extend(batch)
+            received = sum(len(m.data) for m in held)
+            assert held and sub.held_bytes == received
+            # It stopped because the cap was reached, and the last fetch began below it.
+            assert received >= cap and received - len(held[-1].data) < cap, [len(m.data) for m in held]
+            got = list(held)
+            sub.ack(held)
+            assert sub.held_bytes == 0  # acked bodies are no longer held
+            while len(got) < len(bodies):  # acks free room: the rest comes, the 400 kB one too
+                batch = sub.receive_batch(10, timeout=RECEIVE_TIMEOUT)
+                assert batch, f"received {len(got)} of {len(bodies)}"
+                assert sub.held_bytes <= cap + 400_000
+                sub.ack(batch)
+                got.extend(batch)
+            assert sub.held_bytes == 0
+        assert sorted(m.data for m in got) == sorted(bodies)
+
     def test_two_subscriptions_each_receive_everything(self, backend: Any) -> None:
         topic = backend.new_topic()
         first = backend.new_subscription(topic)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from fashionstream.pubsub import errors
-from fashionstream.pubsub.driver import IncomingMessage, OutgoingMessage
+from fashionstream.pubsub.driver import FlowControl, IncomingMessage, OutgoingMessage
 from fashionstream.pubsub.drivers import gcppubsub as gcp
 from fashionstream.pubsub.drivers.gcppubsub import client as gcp_client
 from fashionstream.pubsub.drivers.gcppubsub import topic as gcp_topic
@@ -145,9 +145,8 @@ def test_streaming_pull_receives_acks_and_nacks(admin: GcpAdminDriver, project: 
     url = parse_url(f"gcppubsub://projects/{project}/subscriptions/{subscription}")
     pub = gcp.open_topic_driver(parse_url(f"gcppubsub://projects/{project}/topics/{topic}"), {})
     pub.send_batch([OutgoingMessage(data=f"s{i}".encode(), attributes={"i": str(i)}) for i in range(5)], 30.0)
-    sub = gcp.open_subscription_driver(url, {"pull": "streaming"})
+    sub = gcp.open_subscription_driver(url, {"pull": "streaming"}, FlowControl(max_messages=100, max_bytes=1 << 20))
     try:
-        sub.limit_outstanding(100)
         first = _receive_unacked(sub, 5)
         assert sorted(m.data for m in first) == [f"s{i}".encode() for i in range(5)]
         assert all(m.attributes == {"i": m.data.decode()[1:]} and m.publish_time is not None for m in first)

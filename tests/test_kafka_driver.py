@@ -17,13 +17,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from fashionstream.pubsub import errors, open_subscription, open_topic
-from fashionstream.pubsub.driver import ErrorCode, IncomingMessage, OutgoingMessage, ParsedURL
+from fashionstream.pubsub import Message, errors, open_subscription, open_topic
+from fashionstream.pubsub.driver import ErrorCode, FlowControl, IncomingMessage, OutgoingMessage, ParsedURL
 from fashionstream.pubsub.drivers import kafka
 from fashionstream.pubsub.drivers.kafka import client as kafka_client
 from fashionstream.pubsub.drivers.kafka.admin import KafkaAdminDriver
 from fashionstream.pubsub.drivers.kafka.offsets import PartitionOffsets
-from fashionstream.pubsub.drivers.kafka.subscription import KafkaSubscriptionDriver
+from fashionstream.pubsub.drivers.kafka.subscription import KafkaSubscriptionDriver, fetch_limits
 from fashionstream.pubsub.urls import parse_url
 
 
@@ -167,6 +167,27 @@ def test_nack_rewinds_the_partition_to_the_nacked_message(bootstrap: str, topic:
         sub.close()
 
 
+def test_held_bytes_return_to_zero_after_a_rewind_redelivers_messages_still_held(bootstrap: str, topic: str) -> None:
+    """A nack rewinds the partition: later messages come again with the ack ids of deliveries not yet settled."""
+    bodies = [bytes([i]) * 1000 for i in range(3)]
+    _send(bootstrap, topic, bodies)
+    url = f"kafka://{bootstrap}/{topic}?group=g-held"
+    with open_subscription(url) as sub:
+        first: list[Message] = []
+        deadline = time.monotonic() + 30
+        while len(first) < 3 and time.monotonic() < deadline:
+            first += sub.receive_batch(3, timeout=0.5)
+        assert [m.data for m in first] == bodies
+        first[0].nack()  # the two behind it, delivered and unsettled, come again too
+        again: list[Message] = []
+        deadline = time.monotonic() + 30
+        while len(again) < 3 and time.monotonic() < deadline:
+            again += sub.receive_batch(3, timeout=0.5)
+        assert [m.data for m in again] == bodies
+        sub.ack(first[1:] + again)
+        assert sub.held_bytes == 0
+
+
 def test_missing_topic_is_not_found_for_topic_and_subscription(bootstrap: str) -> None:
     missing = f"missing-{uuid.uuid4().hex[:8]}"
     with pytest.raises(errors.NotFound, match=missing):
@@ -246,6 +267,20 @@ def test_admin_create_is_idempotent_and_subscription_checks_the_topic(admin: Kaf
 
 
 # ---------------------------------------------------------------- bookkeeping without a broker
+
+
+@pytest.mark.parametrize("cap", [1, 250_000, 4 * 2**20, 64 * 2**20, 2**40])
+def test_fetch_limits_follow_the_byte_cap_and_librdkafka_accepts_them(cap: int) -> None:
+    from confluent_kafka import Consumer
+
+    limits = fetch_limits(FlowControl(max_messages=1000, max_bytes=cap))
+    fetch = limits["fetch.max.bytes"]
+    assert limits["max.partition.fetch.bytes"] == fetch and limits["queued.max.messages.kbytes"] * 1024 <= fetch
+    assert fetch <= max(cap // 16, 64 * 1024)  # librdkafka holds at most two of these, or one oversize batch
+    if cap == 4 * 2**20:  # serve's default cap (16 x the default --max-message-bytes): one such request a fetch
+        assert fetch == 256 * 1024
+    # librdkafka's own rules (fetch.max.bytes >= message.max.bytes, ranges): the consumer can be made
+    Consumer({"bootstrap.servers": "127.0.0.1:9", "group.id": "limits", **limits}).close()
 
 
 def test_partition_offsets_commit_only_the_contiguous_acked_prefix() -> None:

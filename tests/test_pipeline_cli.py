@@ -89,7 +89,12 @@ def test_a_config_file_sets_options_below_the_environment_and_the_command_line(
     )
     config = serve_config(["--config", str(path)], {})
     assert (config.broker, config.max_batch_size, config.max_wait_ms) == ("kafka://k:9092", 16, 5.0)
-    assert config.subscriber_options() == {"security.protocol": "SASL_SSL", "sasl.password": "hunter2"}
+    # the serve command's byte cap (16 x --max-message-bytes) joins the shared client options
+    assert config.subscriber_options() == {
+        "security.protocol": "SASL_SSL",
+        "sasl.password": "hunter2",
+        "max_outstanding_bytes": 16 * 256 * 1024,
+    }
     assert serve_config(["--config", str(path)], {"FASHIONSTREAM_MAX_BATCH_SIZE": "8"}).max_batch_size == 8
     assert serve_config(["--config", str(path), "--max-batch-size", "4"], {}).max_batch_size == 4
     # --print-config writes a file that reads back to the same options, secrets redacted
@@ -327,3 +332,15 @@ def test_watch_refuses_mem_and_points_to_demo_watch(capsys: pytest.CaptureFixtur
     code, lines = run_command(["watch", "--broker", "mem://"], capsys)
     assert code == 2
     assert len(lines) == 1 and "fashionstream demo --watch" in lines[0], lines
+
+
+def test_the_byte_cap_follows_max_message_bytes_unless_given() -> None:
+    base = {"FASHIONSTREAM_BROKER": "mem://"}
+    assert serve_config(["--max-message-bytes", "1000"], base).subscriber_options()["max_outstanding_bytes"] == 16_000
+    given = serve_config(["--max-outstanding-bytes", "5000"], base)
+    assert given.subscriber_options()["max_outstanding_bytes"] == 5000
+    # a portable subscriber option set directly stays, unless --max-outstanding-bytes says otherwise
+    direct = ["--subscriber-option", "max_outstanding_bytes=7000"]
+    assert serve_config(direct, base).subscriber_options()["max_outstanding_bytes"] == 7000
+    both = serve_config([*direct, "--max-outstanding-bytes", "5000"], base)
+    assert both.subscriber_options()["max_outstanding_bytes"] == 5000

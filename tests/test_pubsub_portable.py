@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import gc
 import sys
 import threading
 import time
+import types
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -21,6 +23,7 @@ import pytest
 from fashionstream.pubsub import (
     Closed,
     InvalidArgument,
+    Message,
     MissingExtra,
     NotFound,
     Publisher,
@@ -955,3 +958,32 @@ def test_pubsub_api_round_trip_on_every_backend(backend: Any) -> None:
         while not got and time.monotonic() < deadline:
             got = api.receive(source, max_messages=10, timeout=1)
     assert got == [{"id": "7", "image": "AAAA"}]
+
+
+def test_settled_messages_are_released_before_their_emulated_deadline(mem_topic: str) -> None:
+    """Acked and nacked messages are dropped at once (not kept until the deadline), and leave the byte count."""
+    sub_url = mem_subscription(mem_topic)
+    with open_topic(mem_topic) as pub:
+        for body in (b"a" * 1000, b"b" * 2000, b"c" * 3000):
+            pub.send(body).result(5)
+    driver = mem.open_subscription_driver(parse_url(sub_url), {})
+    with Subscriber(driver, SubscriberSettings(ack_deadline=600), native_ack_deadlines=False) as sub:
+        messages: list[Message] = []
+        while len(messages) < 3:
+            messages.extend(sub.receive_batch(3, timeout=10))
+        assert sub.held_bytes == 6000
+        acked, nacked, kept = sorted(messages, key=lambda m: m.data)
+        acked.ack()
+        nacked.nack()  # comes back as a new Message, which the worker may fetch ahead at any moment
+
+        def holders(message: Message) -> list[Any]:
+            """What refers to `message` besides this test's own list and frames."""
+            return [r for r in gc.get_referrers(message) if r is not messages and not isinstance(r, types.FrameType)]
+
+        assert holders(acked) == [] and holders(nacked) == []
+        assert holders(kept) != []  # the check can see a holder: the subscriber's, until it is settled
+        kept.ack()
+        again = sub.receive(timeout=10)
+        assert again.data == nacked.data and sub.held_bytes == len(again.data)
+        again.ack()
+        assert holders(kept) == [] and sub.held_bytes == 0

@@ -34,6 +34,10 @@ IMAGE_SET_HELP = (
     f"sample: the first {SAMPLE_SIZE:,d} test images, shipped with the package; "
     "test: the full test split, which needs the dataset (downloaded when not found)"
 )
+# The service holds at most this many requests of the largest accepted size (--max-outstanding-bytes):
+# 4 MiB with the default --max-message-bytes, about 4,000 Fashion-MNIST requests. On Kafka a fetch
+# then brings about one request of that size (the driver's `PREFETCH_SHARE` of the cap).
+HELD_LARGEST_REQUESTS = 16
 REQUEST_FORMAT_HELP = (
     "cloudevents: CloudEvents binary mode, the image as the body; json: the JSON form "
     '{"id": ..., "image": "<base64 PNG>"} without attributes'
@@ -168,6 +172,13 @@ class ServiceConfig(ClientConfig, TopicCreationConfig, ModelConfig, BatchConfig,
     max_message_bytes: int = option(
         contract.DEFAULT_MAX_MESSAGE_BYTES, "larger requests are dead-lettered as too_large", minimum=1
     )
+    max_outstanding_bytes: int | None = option(
+        None,
+        "request bytes received and not yet answered (acked) at most: receiving pauses at this until answers "
+        "free room, so a flood of large requests cannot exhaust memory (a single larger request still comes, alone)",
+        minimum=1,
+        default_text=f"{HELD_LARGEST_REQUESTS} x --max-message-bytes",
+    )
     max_in_flight: int = option(
         512, "answers awaiting broker confirmation before the service stops taking new requests", minimum=1
     )
@@ -199,6 +210,19 @@ class ServiceConfig(ClientConfig, TopicCreationConfig, ModelConfig, BatchConfig,
     )
     # Not an option: the longest receive wait, which bounds how fast a stop signal is noticed.
     poll_timeout: float = 0.1
+    # Not an option: the receive wait while answers await broker confirmation (`ModelService.run`).
+    confirm_poll_timeout: float = 0.005
+
+    def outstanding_bytes(self) -> int:
+        """The subscriber's byte cap (`max_outstanding_bytes`): --max-outstanding-bytes or its default."""
+        return self.max_outstanding_bytes or HELD_LARGEST_REQUESTS * self.max_message_bytes
+
+    def subscriber_options(self) -> dict[str, Any]:
+        """The shared options with the byte cap; an explicit --subscriber-option max_outstanding_bytes=N stays."""
+        options = super().subscriber_options()
+        if self.max_outstanding_bytes is not None or "max_outstanding_bytes" not in options:
+            options["max_outstanding_bytes"] = self.outstanding_bytes()
+        return options
 
     def topology(self) -> Topology:
         return Topology(

@@ -131,8 +131,10 @@ def run_demo(
 
 def _open_clients(stack: ExitStack, config: DemoConfig, topology: Topology, dlq_subscription: str) -> _Clients:
     sub, pub = config.subscriber_options(), config.publisher_options()
+    # The service's own subscription is opened as `serve` opens it (its byte cap included).
+    service_sub = config.service_config(topology).subscriber_options()
     return _Clients(
-        service_in=stack.enter_context(open_subscription(topology.images_subscription_url, **sub)),
+        service_in=stack.enter_context(open_subscription(topology.images_subscription_url, **service_sub)),
         predictions_out=stack.enter_context(open_topic(topology.topic(topology.predictions), **pub)),
         dead_out=stack.enter_context(open_topic(topology.topic(topology.dead_letters), **pub)),
         images_out=stack.enter_context(open_topic(topology.topic(topology.images), **pub)),

@@ -164,8 +164,16 @@ class ModelService:
         while not stop.is_set():
             self.health.beat()
             self._swap_model()
-            # An open batch never waits for input: if nothing more is ready it is classified now.
-            timeout = self.config.poll_timeout if len(self._batcher) == 0 else 0.0
+            # An open batch never waits for input: if nothing more is ready it is classified now. While
+            # answers await confirmation the wait is short, so their inputs are acked soon after: until
+            # then they count against the subscriber's caps (--max-outstanding-bytes), which a flood of
+            # large requests reaches after a few.
+            if len(self._batcher):
+                timeout = 0.0
+            elif self._pending:
+                timeout = min(self.config.poll_timeout, self.config.confirm_poll_timeout)
+            else:
+                timeout = self.config.poll_timeout
             try:
                 messages = self.subscriber.receive_batch(max_messages=self._batcher.room, timeout=timeout)
                 backoff = 0.0

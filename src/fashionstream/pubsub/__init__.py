@@ -81,8 +81,9 @@ def open_topic(url: str, **options: Any) -> Publisher:
 def open_subscription(url: str, **options: Any) -> Subscriber:
     """A `Subscriber` for the subscription (Kafka: consumer group) named by `url`.
 
-    Portable options: ack_deadline, max_outstanding, receive_batch_size,
-    poll_interval, retry_timeout. Any other option goes to the backend's client.
+    Portable options: ack_deadline, max_outstanding, max_outstanding_bytes,
+    receive_batch_size, poll_interval, retry_timeout. Any other option goes to
+    the backend's client.
     """
     parsed = parse_url(url)
     module = for_url(parsed)
@@ -92,7 +93,7 @@ def open_subscription(url: str, **options: Any) -> Subscriber:
     log.debug("opening subscription %s with native options %s", safe_url(url), redact(native))
     try:
         with client_imports(module):
-            driver = module.open_subscription_driver(parsed, native)
+            driver = module.open_subscription_driver(parsed, native, settings.flow_control())
     except (PubSubError, ImportError):  # an ImportError here is a packaging bug of ours: shown as is
         raise
     except Exception as err:

@@ -30,7 +30,8 @@ that name, so adding a backend edits nothing else. Each has the same shape
 
     # Opening: the client library is imported here, not at module level.
     def open_topic_driver(url: ParsedURL, options: dict[str, object]) -> TopicDriver
-    def open_subscription_driver(url: ParsedURL, options: dict[str, object]) -> SubscriptionDriver
+    def open_subscription_driver(url: ParsedURL, options: dict[str, object],
+                                 flow: FlowControl | None = None) -> SubscriptionDriver   # see FlowControl
     def open_admin_driver(url: ParsedURL, options: dict[str, object]) -> AdminDriver
 
 A backend passes when `tests/pubsub_conformance.py` passes on it.
@@ -59,10 +60,14 @@ Conventions the portable layer relies on:
   the project). For Kafka, `create_subscription(group, topic=...)` only checks
   that the topic exists (consumer groups need no creation); for `mem` the
   subscription belongs to `topic`.
-- A `SubscriptionDriver` whose broker pushes messages (Pub/Sub StreamingPull)
-  may also have `limit_outstanding(count)`: the subscriber calls it once, before
-  the first `receive_batch`, with its `max_outstanding`, the most unacked
-  messages the broker should let it hold (flow control).
+- `open_subscription_driver` gets the subscriber's `FlowControl`: the most
+  messages and body bytes it holds (buffered + delivered, not yet acked). The
+  subscriber enforces both itself by not fetching while either is reached; a
+  driver uses them to size what its client fetches or prefetches on its own
+  (Kafka: librdkafka's fetch and queue limits) or what a pushing broker may
+  send (Pub/Sub StreamingPull's flow control), so that memory stays bounded
+  below the subscriber too. None (a driver opened directly, as in tests): the
+  portable defaults, `SubscriberSettings().flow_control()`.
 - An `AdminDriver` may also have `name`, `error_code(error)` and
   `is_retryable(error)` like the other drivers; `fashionstream.pubsub.admin`
   then wraps and retries its errors the same way (without them, native errors
@@ -97,6 +102,18 @@ class ParsedURL:
     host: str
     path: str
     query: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class FlowControl:
+    """What a subscriber holds at most: buffered plus delivered-but-unacked messages, and their body bytes.
+
+    A message larger than `max_bytes` is still delivered, alone. Made from the portable options
+    `max_outstanding` and `max_outstanding_bytes`.
+    """
+
+    max_messages: int
+    max_bytes: int
 
 
 #: The subscription (Kafka: consumer group) `PubSubAPI.receive` uses when the config names none.
@@ -243,6 +260,7 @@ __all__ = [
     "AdminDriver",
     "ApiConfig",
     "ErrorCode",
+    "FlowControl",
     "NO_ATTRIBUTES",
     "IncomingMessage",
     "OutgoingMessage",

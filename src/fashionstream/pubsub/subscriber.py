@@ -19,6 +19,17 @@ Kafka consumer keeps polling. Fetching is bounded: the buffer holds at most
 `max_outstanding`, so a slow consumer does not hoard messages whose broker
 deadline is ticking.
 
+Memory is bounded the same way, in bytes: no fetch starts while the bodies of
+buffered plus unacked messages reach `max_outstanding_bytes`, and a fetch asks
+for no more messages than the remaining room holds at the size of the largest
+message of the previous fetch (the first fetch asks for one; every fetch for at
+least one, so a message larger than the cap still comes, alone). So what it
+holds stays below the cap plus about one message. A message's body is released
+as soon as it is acked or nacked: the subscriber keeps no reference to a
+settled message, whatever its ack deadline. The driver gets the same limits
+when it is opened (`driver.FlowControl`) to bound what its client prefetches
+below this layer.
+
 Latency: a caller waiting in `receive` / `receive_batch` returns as soon as a
 turn brings a message. A turn waits in the driver for at most `poll_interval`,
 and for at most `SETTLE_INTERVAL` while messages are buffered or delivered and
@@ -39,7 +50,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from fashionstream.pubsub import errors
-from fashionstream.pubsub.driver import SubscriptionDriver
+from fashionstream.pubsub.driver import FlowControl, SubscriptionDriver
 from fashionstream.pubsub.message import Message
 from fashionstream.pubsub.retry import backoff_delays, call_with_retries, wrap_error
 
@@ -47,8 +58,11 @@ log = logging.getLogger(__name__)
 
 #: Options `open_subscription` consumes itself; every other option goes to the driver.
 SUBSCRIBER_OPTIONS = frozenset(
-    {"ack_deadline", "max_outstanding", "receive_batch_size", "poll_interval", "retry_timeout"}
+    {"ack_deadline", "max_outstanding", "max_outstanding_bytes", "receive_batch_size", "poll_interval", "retry_timeout"}
 )
+
+#: Default of `max_outstanding_bytes`, like the Pub/Sub client's flow control (`max_bytes`, 100 MB).
+DEFAULT_MAX_OUTSTANDING_BYTES = 64 * 1024 * 1024
 
 # Used as the ack deadline on backends without native deadlines when none is given (Pub/Sub's default is 10-600 s).
 DEFAULT_EMULATED_ACK_DEADLINE = 30.0
@@ -66,12 +80,14 @@ class SubscriberSettings:
     # broker's own deadline (mem, Pub/Sub), or 30 s emulated on backends without deadlines (Kafka).
     ack_deadline: float | None = None
     max_outstanding: int = 1000  # buffered + delivered-but-unacked messages at most
+    # Body bytes of those messages at most: fetching stops at this until acks free room.
+    max_outstanding_bytes: int = DEFAULT_MAX_OUTSTANDING_BYTES
     receive_batch_size: int = 100  # messages asked of the driver per call
     poll_interval: float = 0.1  # seconds one driver receive call may wait at most
     retry_timeout: float = 30.0  # seconds of retryable driver errors before receive() reports them
 
     def __post_init__(self) -> None:
-        for name in ("max_outstanding", "receive_batch_size"):
+        for name in ("max_outstanding", "max_outstanding_bytes", "receive_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise errors.InvalidArgument(f"subscriber option {name} must be a positive int, got {value!r}")
@@ -83,6 +99,10 @@ class SubscriberSettings:
             raise errors.InvalidArgument(
                 f"subscriber option ack_deadline must be seconds > 0, got {self.ack_deadline!r}"
             )
+
+    def flow_control(self) -> FlowControl:
+        """The limits the driver is opened with."""
+        return FlowControl(self.max_outstanding, self.max_outstanding_bytes)
 
 
 class Subscriber:
@@ -101,9 +121,6 @@ class Subscriber:
         self._driver = driver
         self._settings = settings = settings or SubscriberSettings()
         self._can_nack = bool(driver.can_nack())
-        limit_outstanding = getattr(driver, "limit_outstanding", None)
-        if limit_outstanding is not None:
-            limit_outstanding(settings.max_outstanding)  # a broker that pushes stops at this many unacked
         # Emulate deadlines when asked explicitly, or by default where the broker has none.
         deadline = settings.ack_deadline
         if deadline is None and not native_ack_deadlines:
@@ -117,6 +134,10 @@ class Subscriber:
         self._waiters = 0  # threads waiting on _ready
         self._buffer: collections.deque[Message] = collections.deque()
         self._outstanding: dict[Hashable, Message] = {}
+        self._held_bytes = 0  # body bytes of _buffer and _outstanding
+        # Largest body of the latest fetch: how many messages the byte room holds. Until a fetch shows
+        # the sizes, a message may fill the cap, so the first fetch asks for one message.
+        self._size_hint = settings.max_outstanding_bytes
         # Emulated ack deadlines: each delivered message carries its own (`_due`), and _outstanding
         # (only unsettled messages, in delivery order, so in deadline order) is looked through when
         # the oldest one it held when last looked at may have passed.
@@ -143,6 +164,11 @@ class Subscriber:
     def name(self) -> str:
         """What this subscriber receives from, e.g. "mem subscription 'service' on topic 'images'"."""
         return self._driver.name
+
+    @property
+    def held_bytes(self) -> int:
+        """Body bytes of the messages buffered here or delivered and not yet acked or nacked."""
+        return self._held_bytes
 
     def backlog(self) -> dict[str, int] | None:
         """Messages the broker still holds for this subscription, by partition; None where it cannot say.
@@ -254,6 +280,7 @@ class Subscriber:
                 self._note_first_pending()
             pending = self._pending_acks if ack else self._pending_nacks
             forget = self._outstanding.pop
+            released = 0
             for message in messages:
                 if message._sink is not self:
                     others.append(message)  # another subscriber's, or never delivered: settled on its own
@@ -264,8 +291,11 @@ class Subscriber:
                 if closed:
                     continue  # the driver is gone; the broker redelivers it
                 ack_id = message._ack_id
-                forget(ack_id, None)
+                tracked = forget(ack_id, None)
+                if tracked is not None:  # the entry's own bytes: a redelivery may have taken its place
+                    released += len(tracked.data)
                 pending.append(ack_id)
+            self._held_bytes -= released
         for message in others:
             if ack:
                 message.ack()
@@ -318,7 +348,9 @@ class Subscriber:
                 return  # the driver is gone; the broker redelivers it
             if not (self._pending_acks or self._pending_nacks):
                 self._note_first_pending()
-            self._outstanding.pop(message._ack_id, None)
+            tracked = self._outstanding.pop(message._ack_id, None)
+            if tracked is not None:
+                self._held_bytes -= len(tracked.data)
             (self._pending_acks if ack else self._pending_nacks).append(message._ack_id)
 
     def _cannot_nack(self) -> errors.InvalidArgument:
@@ -350,6 +382,7 @@ class Subscriber:
         else:
             take = buffer.popleft
             messages = [take() for _ in range(count)]
+        tracked = len(outstanding)
         if self._ack_deadline is None:
             for message in messages:
                 message._sink = self
@@ -362,6 +395,10 @@ class Subscriber:
                 outstanding[message._ack_id] = message
             if due < self._next_due:
                 self._next_due = due
+        if len(outstanding) != tracked + count:
+            # A redelivery (Kafka, after a rewind) took the place of an earlier delivery with the same
+            # ack id, whose bytes left with it. Rare, so counted again rather than looked up per message.
+            self._held_bytes = sum(len(m.data) for m in buffer) + sum(len(m.data) for m in outstanding.values())
         return messages
 
     def _expire(self, now: float) -> list[Hashable]:
@@ -380,6 +417,7 @@ class Subscriber:
                 self._next_due = message._due  # the oldest still running
                 break
             message._done = True
+            self._held_bytes -= len(message.data)
             expired.append(ack_id)
         for ack_id in expired:
             del self._outstanding[ack_id]
@@ -388,7 +426,11 @@ class Subscriber:
     def _room(self) -> int:
         """How many messages a fetch may bring now (lock held)."""
         settings, buffered = self._settings, len(self._buffer)
-        return min(settings.receive_batch_size - buffered, settings.max_outstanding - buffered - len(self._outstanding))
+        room = min(settings.receive_batch_size - buffered, settings.max_outstanding - buffered - len(self._outstanding))
+        free_bytes = settings.max_outstanding_bytes - self._held_bytes
+        if free_bytes <= 0:
+            return 0
+        return min(room, max(1, free_bytes // self._size_hint))
 
     def _take_turn(self, wait: float, *, fetch: bool, caller: bool, max_sleep: float | None = None) -> bool:
         """One turn with the driver, by the thread that set _in_turn: settle, then fetch.
@@ -430,6 +472,9 @@ class Subscriber:
                 self._caller_fetched_at = time.monotonic()
             if batch:
                 self._buffer.extend(batch)
+                sizes = [len(message.data) for message in batch]
+                self._held_bytes += sum(sizes)
+                self._size_hint = max(1, max(sizes))  # empty bodies: still one message per byte of room
                 if self._waiters:
                     self._ready.notify_all()
         return True
@@ -507,6 +552,7 @@ class Subscriber:
                 message._done = True
                 nacks.append(message._ack_id)
             self._outstanding.clear()
+            self._held_bytes = 0
         self._send_settlements(acks, nacks if self._can_nack else [])
 
     def _send_settlements(self, acks: Sequence[Hashable], nacks: Sequence[Hashable]) -> None:

@@ -20,7 +20,14 @@ from collections.abc import Iterator
 from functools import cache
 from typing import Any, Protocol, cast
 
-from fashionstream.pubsub.driver import AdminDriver, ApiConfig, ParsedURL, SubscriptionDriver, TopicDriver
+from fashionstream.pubsub.driver import (
+    AdminDriver,
+    ApiConfig,
+    FlowControl,
+    ParsedURL,
+    SubscriptionDriver,
+    TopicDriver,
+)
 from fashionstream.pubsub.errors import InvalidArgument, MissingExtra
 
 
@@ -53,7 +60,9 @@ class DriverModule(Protocol):
     # Opening: these import the client library.
     def open_topic_driver(self, url: ParsedURL, options: dict[str, object]) -> TopicDriver: ...
 
-    def open_subscription_driver(self, url: ParsedURL, options: dict[str, object]) -> SubscriptionDriver: ...
+    def open_subscription_driver(
+        self, url: ParsedURL, options: dict[str, object], flow: FlowControl | None = None
+    ) -> SubscriptionDriver: ...
 
     def open_admin_driver(self, url: ParsedURL, options: dict[str, object]) -> AdminDriver: ...
 

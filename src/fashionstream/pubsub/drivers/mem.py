@@ -36,6 +36,7 @@ from fashionstream.pubsub.driver import (
     API_DEFAULT_SUBSCRIPTION,
     ApiConfig,
     ErrorCode,
+    FlowControl,
     IncomingMessage,
     OutgoingMessage,
     ParsedURL,
@@ -515,7 +516,11 @@ def open_topic_driver(url: ParsedURL, options: dict[str, object]) -> MemoryTopic
     return MemoryTopicDriver(topic)
 
 
-def open_subscription_driver(url: ParsedURL, options: dict[str, object]) -> MemorySubscriptionDriver:
+def open_subscription_driver(
+    url: ParsedURL, options: dict[str, object], flow: FlowControl | None = None
+) -> MemorySubscriptionDriver:
+    # `flow` needs nothing here: the broker only hands over what a fetch asks for, and the
+    # subscriber sizes its fetches within the limits.
     _reject_options(options)
     topic = _topic_name(url)
     subscription = url.query.get("subscription")

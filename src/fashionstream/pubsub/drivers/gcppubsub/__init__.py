@@ -39,7 +39,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from fashionstream.pubsub.driver import ApiConfig, ParsedURL
+from fashionstream.pubsub.driver import ApiConfig, FlowControl, ParsedURL
 from fashionstream.pubsub.errors import InvalidArgument
 from fashionstream.pubsub.urls import parse_reference, safe_url
 
@@ -159,10 +159,12 @@ def open_topic_driver(url: ParsedURL, options: dict[str, object]) -> GcpTopicDri
     return GcpTopicDriver(url, options)
 
 
-def open_subscription_driver(url: ParsedURL, options: dict[str, object]) -> GcpSubscriptionDriver:
+def open_subscription_driver(
+    url: ParsedURL, options: dict[str, object], flow: FlowControl | None = None
+) -> GcpSubscriptionDriver:
     from fashionstream.pubsub.drivers.gcppubsub.subscription import GcpSubscriptionDriver
 
-    return GcpSubscriptionDriver(url, options)
+    return GcpSubscriptionDriver(url, options, flow)
 
 
 def open_admin_driver(url: ParsedURL, options: dict[str, object]) -> GcpAdminDriver:

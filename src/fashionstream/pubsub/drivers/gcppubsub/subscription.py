@@ -5,12 +5,14 @@ doubling to 10 ms while messages flow (one arrived within the last second), 5 ms
 doubling to 100 ms when idle. Never a Pull with a short RPC deadline: a Pull the
 client gives up on may still lease messages on the server, which then stay
 invisible for a whole ack deadline (measured on the emulator: a 0.1 s deadline
-under load cut throughput from ~3,000 to ~300 msg/s).
+under load cut throughput from ~3,000 to ~300 msg/s). A Pull can limit only
+the number of messages, not their bytes: the subscriber asks for as many as its
+byte room holds at the size of the previous fetch's largest message.
 
 StreamingPull keeps one bidirectional stream open: the service pushes messages
-as they arrive, up to the flow-control limit of unacked messages (the
-subscriber's `max_outstanding`), and a reader thread puts them in a queue that
-`receive_batch` takes from. Acks go on the stream as requests (no call and no
+as they arrive, up to the flow-control limits of unacked messages and bytes
+(the subscriber's `max_outstanding` and `max_outstanding_bytes`), and a reader
+thread puts them in a queue that `receive_batch` takes from. Acks go on the stream as requests (no call and no
 answer per batch), nacks as ModifyAckDeadline(0); an empty request every 30 s
 keeps an idle stream open, as google-cloud-pubsub does. A stream that fails or
 ends is reported once by `receive_batch` (the portable layer retries what is
@@ -41,10 +43,11 @@ from google.pubsub_v1 import SubscriberClient
 from google.pubsub_v1.types import PullResponse, StreamingPullRequest, StreamingPullResponse
 
 from fashionstream.pubsub import errors
-from fashionstream.pubsub.driver import IncomingMessage, ParsedURL
+from fashionstream.pubsub.driver import FlowControl, IncomingMessage, ParsedURL
 from fashionstream.pubsub.drivers.gcppubsub import client, resource_path
 from fashionstream.pubsub.drivers.gcppubsub.errors import classify, retryable
 from fashionstream.pubsub.errors import ErrorCode
+from fashionstream.pubsub.subscriber import SubscriberSettings
 
 #: Acknowledge / ModifyAckDeadline requests are limited to 512 KB; ack ids are ~200 bytes at most.
 MAX_ACK_IDS = 1000
@@ -57,8 +60,6 @@ PULL_PAUSES_FLOWING = (0.001, 0.01)
 PULL_PAUSES_IDLE = (0.005, 0.1)
 #: Seconds after the last message during which messages count as flowing.
 FLOWING_S = 1.0
-#: Unacked messages a stream may hold until the subscriber says its `max_outstanding` (the portable default).
-DEFAULT_FLOW_CONTROL = 1000
 #: Seconds between the empty requests that keep an idle stream open.
 HEARTBEAT_S = 30.0
 #: How each `pull` option value receives.
@@ -79,7 +80,8 @@ class _Stream:
         initial = StreamingPullRequest(
             subscription=driver._subscription,
             stream_ack_deadline_seconds=driver._ack_deadline_s,
-            max_outstanding_messages=driver._max_outstanding,
+            max_outstanding_messages=driver._flow.max_messages,
+            max_outstanding_bytes=driver._flow.max_bytes,
             client_id=uuid.uuid4().hex,
         )
         self.responses = driver._client.streaming_pull(requests=self._requests(initial), retry=None, timeout=None)
@@ -130,7 +132,7 @@ class _Stream:
 class GcpSubscriptionDriver:
     """Receives from one Pub/Sub subscription."""
 
-    def __init__(self, url: ParsedURL, options: dict[str, object]) -> None:
+    def __init__(self, url: ParsedURL, options: dict[str, object], flow: FlowControl | None = None) -> None:
         self._subscription = resource_path(url, "subscriptions")
         options = dict(options)
         pull = options.pop("pull", "polling")
@@ -157,16 +159,13 @@ class GcpSubscriptionDriver:
             raise
         # The stream's deadline is the subscription's (10 s, the service's default, if it could not be read).
         self._ack_deadline_s = (found[0].ack_deadline_seconds if found else 0) or 10
-        self._max_outstanding = DEFAULT_FLOW_CONTROL
+        # StreamingPull's flow control: the service stops pushing while the stream holds this much unacked.
+        self._flow = flow or SubscriberSettings().flow_control()
         self._inbox: collections.deque[Any] = collections.deque()  # raw ReceivedMessages from the stream
         self._arrived = threading.Condition()
         self._stream: _Stream | None = None
         self._last_message_at = float("-inf")  # polled Pull: when a Pull last brought messages
         self._closed = False
-
-    def limit_outstanding(self, count: int) -> None:
-        """Flow control: the stream holds at most `count` unacked messages (the subscriber's max_outstanding)."""
-        self._max_outstanding = count
 
     def receive_batch(self, max_messages: int, timeout: float) -> list[IncomingMessage]:
         if not self._streaming:

@@ -35,7 +35,7 @@ import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from fashionstream.pubsub.driver import API_DEFAULT_SUBSCRIPTION, ApiConfig, ParsedURL
+from fashionstream.pubsub.driver import API_DEFAULT_SUBSCRIPTION, ApiConfig, FlowControl, ParsedURL
 from fashionstream.pubsub.errors import InvalidArgument
 from fashionstream.pubsub.urls import check_port, parse_reference, safe_url
 
@@ -159,10 +159,12 @@ def open_topic_driver(url: ParsedURL, options: dict[str, object]) -> KafkaTopicD
     return KafkaTopicDriver(url, options)
 
 
-def open_subscription_driver(url: ParsedURL, options: dict[str, object]) -> KafkaSubscriptionDriver:
+def open_subscription_driver(
+    url: ParsedURL, options: dict[str, object], flow: FlowControl | None = None
+) -> KafkaSubscriptionDriver:
     from fashionstream.pubsub.drivers.kafka.subscription import KafkaSubscriptionDriver
 
-    return KafkaSubscriptionDriver(url, options)
+    return KafkaSubscriptionDriver(url, options, flow)
 
 
 def open_admin_driver(url: ParsedURL, options: dict[str, object]) -> KafkaAdminDriver:

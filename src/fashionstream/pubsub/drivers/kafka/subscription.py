@@ -10,10 +10,9 @@ from typing import Any, cast
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, TopicPartition
 
 from fashionstream.pubsub import errors
-from fashionstream.pubsub.driver import IncomingMessage, ParsedURL
+from fashionstream.pubsub.driver import FlowControl, IncomingMessage, ParsedURL
 from fashionstream.pubsub.drivers.kafka import bootstrap_servers, resource_names, topic_name
 from fashionstream.pubsub.drivers.kafka.client import (
-    MAX_MESSAGE_BYTES,
     ClientLog,
     check_topic,
     client_config,
@@ -22,6 +21,7 @@ from fashionstream.pubsub.drivers.kafka.client import (
 from fashionstream.pubsub.drivers.kafka.errors import DENIED, NOT_FOUND, classify, retryable
 from fashionstream.pubsub.drivers.kafka.offsets import PartitionOffsets
 from fashionstream.pubsub.errors import ErrorCode
+from fashionstream.pubsub.subscriber import SubscriberSettings
 from fashionstream.pubsub.urls import safe_url
 
 _log = logging.getLogger(__package__ or __name__)
@@ -29,13 +29,47 @@ _log = logging.getLogger(__package__ or __name__)
 # Options the driver sets itself because at-least-once depends on them.
 _CONSUMER_FIXED = {"enable.auto.commit": False, "enable.auto.offset.store": False}
 
+#: librdkafka fetches from the broker on its own threads, ahead of the subscriber, into a local
+#: queue. One fetch and that queue each hold at most this share of the subscriber's byte cap
+#: (`FlowControl.max_bytes`), so what librdkafka holds stays well below what the subscriber
+#: holds: with `serve`'s default cap (16 x --max-message-bytes) a fetch brings about one request
+#: of the largest accepted size.
+PREFETCH_SHARE = 16
+#: ... but never less than this per fetch: smaller fetches cost a round trip per few messages;
+MIN_FETCH_BYTES = 64 * 1024
+#: and never more than librdkafka allows for max.partition.fetch.bytes and message.max.bytes.
+MAX_FETCH_BYTES = 1_000_000_000
+
+
+def fetch_limits(flow: FlowControl) -> dict[str, int]:
+    """librdkafka's fetch and prefetch-queue limits for a subscriber holding at most `flow.max_bytes`.
+
+    A record batch larger than the fetch limit still comes, alone (Kafka returns the first batch of
+    a fetch whatever its size, so an oversize message is never stuck); librdkafka then holds that
+    one batch. `receive.message.max.bytes` keeps librdkafka's default (100 MB, at least
+    fetch.max.bytes + 512): a response carrying such a batch is larger than fetch.max.bytes, and
+    one larger than receive.message.max.bytes would fail on every try.
+    """
+    fetch = min(max(flow.max_bytes // PREFETCH_SHARE, MIN_FETCH_BYTES), MAX_FETCH_BYTES)
+    return {
+        "fetch.max.bytes": fetch,
+        "max.partition.fetch.bytes": fetch,
+        "queued.max.messages.kbytes": max(1, fetch // 1024),
+        # While that queue is full librdkafka waits this long before it looks again (default 1 s): with
+        # a queue this small it is often full, and a 1 s wait capped an oversize flood at ~1 message/s.
+        "fetch.queue.backoff.ms": 10,
+        # librdkafka requires fetch.max.bytes >= message.max.bytes (a consumer sends no large requests).
+        "message.max.bytes": max(1000, fetch),
+    }
+
+
 # Ack ids are (topic, partition, offset) tuples.
 
 
 class KafkaSubscriptionDriver:
     """Receives from one topic as a member of one consumer group, committing only acked offsets."""
 
-    def __init__(self, url: ParsedURL, options: dict[str, object]) -> None:
+    def __init__(self, url: ParsedURL, options: dict[str, object], flow: FlowControl | None = None) -> None:
         self._topic = topic_name(url)
         self._address = bootstrap_servers(url)
         group = resource_names(url)[1]
@@ -62,7 +96,7 @@ class KafkaSubscriptionDriver:
                 # Partitions of a dead consumer move on after 10 s rather than the default 45 s.
                 "session.timeout.ms": 10_000,
                 "heartbeat.interval.ms": 1_000,
-                "fetch.max.bytes": 4 * MAX_MESSAGE_BYTES,
+                **fetch_limits(flow or SubscriberSettings().flow_control()),
                 "on_commit": self._on_commit,
                 # librdkafka's statistics carry each partition's high watermark and committed offset:
                 # the source of `backlog()`. Every 5 s, a scrape interval's worth of freshness.
