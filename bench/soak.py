@@ -3,6 +3,7 @@
     scripts/services start && eval "$(scripts/services env)"
     .venv/bin/python bench/soak.py --broker kafka://127.0.0.1:9092 --update-docs          # 10 minutes
     .venv/bin/python bench/soak.py --duration 60 --rate 100 --output /tmp/soak.json       # a quick check
+    .venv/bin/python bench/soak.py --from-results bench/results/soak.json                 # redraw the docs
 
 The producer sends at half of the flat-out rate (given with --rate as the full rate's half, or measured
 first with a short flat-out run), so the service keeps up and a leak, not a backlog, is what would grow.
@@ -37,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -78,6 +80,7 @@ class Sample:
     cpu_s: float
     acked: int | None = None
     lag: int | None = None
+    load1: float | None = None  # the machine's 1-minute load average: how much else was running
 
     @staticmethod
     def of(pid: int, port: int, t_s: float) -> Sample:
@@ -97,6 +100,7 @@ class Sample:
             cpu_s=round(cpu_s, 2),
             acked=None if acked is None else int(acked),
             lag=None if lag is None else int(lag),
+            load1=round(os.getloadavg()[0], 2),
         )
 
 
@@ -308,6 +312,10 @@ def markdown(report: dict[str, Any]) -> str:
     verdict = "all criteria met" if not report["violations"] else "VIOLATED: " + "; ".join(report["violations"])
     if not report["violations"] and s["kept_up"] is False:
         verdict = f"inconclusive: {INCONCLUSIVE}"
+    loads = [x["load1"] for x in report["samples"] if x.get("load1") is not None]
+    words = shlex.split(report["command"])
+    if "--conditions" in words:  # said in its own sentence below
+        del words[words.index("--conditions") : words.index("--conditions") + 2]
     lines += [
         "",
         f"{report['duration_s'] / 60:.0f} minutes at {report['rate']:.0f} images/s ({report['rate_source']}): "
@@ -315,7 +323,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"dead-lettered {d['dead_lettered']}; **{verdict}**.",
         "",
         f"{report['date']}, broker `{report['broker']}`, {m['cpu']}, {m['cores']} cores (load average at start "
-        f"{m['load_average'][0]}), `{report['command']}`. {report['conditions']}",
+        f"{m['load_average'][0]}, during the run {min(loads):.1f}-{max(loads):.1f}), `{shlex.join(words)}`. "
+        f"{report['conditions']}",
     ]
     return "\n".join(lines)
 
@@ -354,9 +363,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conditions", default="", help="a sentence on what else the machine was doing")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "soak.json")
     parser.add_argument("--update-docs", action="store_true", help="rewrite the table and plot in docs/")
+    parser.add_argument("--from-results", type=Path, help="no run: redraw the table and plot from this results JSON")
     args = parser.parse_args(argv)
+    if args.from_results:
+        report = json.loads(args.from_results.read_text())
+        replace_between_markers(DOCS, *MARKERS, markdown(report))
+        plot(report)
+        return 0
     report: dict[str, Any] = {
-        "command": "python bench/soak.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": shlex.join(["python", "bench/soak.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": time.strftime("%Y-%m-%d"),
         "broker": args.broker,
         "machine": describe_machine("onnxruntime", "confluent-kafka", "google-cloud-pubsub"),

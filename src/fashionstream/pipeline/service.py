@@ -43,8 +43,9 @@ from fashionstream.pipeline.outage import Outage
 from fashionstream.pipeline.reload import ModelReloader, describe
 from fashionstream.reasons import InvalidInput, Reason
 
-#: Request ids the service remembers to count duplicates. Bounded, so the memory they take (about
-#: 180 bytes each for uuid-like ids, some 35 MB when full) stops growing once this many have been seen.
+#: Request ids the service remembers to count duplicates. Bounded, so the memory they take stops growing
+#: once this many have been seen: about 380 bytes of RSS each for uuid-like ids in a running service
+#: (bench/soak.py, docs/benchmarks.md), some 75 MB when full.
 REMEMBERED_IDS = 200_000
 
 log = logging.getLogger("fashionstream.serve")
