@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import io
 import json
 import logging
-import struct
 import threading
 import time
 import urllib.request
-import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from fashionstream.classifier.predictor import Prediction, Predictor
 from fashionstream.pipeline import cloudevents, contract
@@ -35,6 +31,7 @@ from fashionstream.pipeline.producer import labelled_test_images, png_bytes
 from fashionstream.pipeline.service import ModelService
 from fashionstream.pipeline.topology import Topology
 from fashionstream.pubsub import admin, open_subscription, open_topic
+from hostile_inputs import huge_dimension_png
 
 
 @pytest.fixture(autouse=True)
@@ -144,18 +141,6 @@ def test_demo_command_prints_exactly_the_promised_keys(capsys: pytest.CaptureFix
 
 
 # --------------------------------------------------------------------------- hostile input
-
-
-def huge_dimension_png() -> bytes:
-    """A valid 1x1 PNG whose header then claims 100000x100000 pixels (a decompression-bomb shape)."""
-    buffer = io.BytesIO()
-    Image.new("L", (1, 1)).save(buffer, format="PNG")
-    data = bytearray(buffer.getvalue())
-    ihdr = 8  # after the signature: length(4) type(4) data(13) crc(4)
-    data[ihdr + 8 : ihdr + 16] = struct.pack(">II", 100_000, 100_000)
-    crc = zlib.crc32(bytes(data[ihdr + 4 : ihdr + 8 + 13]))
-    data[ihdr + 21 : ihdr + 25] = struct.pack(">I", crc)
-    return bytes(data)
 
 
 def hostile_messages(flavour: Flavour) -> list[tuple[str, contract.EncodedMessage]]:

@@ -43,6 +43,11 @@ from fashionstream.pipeline.outage import Outage
 from fashionstream.pipeline.reload import ModelReloader, describe
 from fashionstream.reasons import InvalidInput, Reason
 
+#: Request ids the service remembers to count duplicates. Bounded, so the memory they take stops growing
+#: once this many have been seen: about 380 bytes of RSS each for uuid-like ids in a running service
+#: (bench/soak.py, docs/benchmarks.md), some 75 MB when full.
+REMEMBERED_IDS = 200_000
+
 log = logging.getLogger("fashionstream.serve")
 
 
@@ -139,7 +144,7 @@ class ModelService:
         self._pending_messages = 0  # inputs in self._pending, for back-pressure (max_in_flight)
         # Ids answered recently, to count (not suppress) duplicates: at-least-once means re-answering is correct.
         self._seen: OrderedDict[str, None] = OrderedDict()
-        self._seen_cap = 200_000
+        self._seen_cap = REMEMBERED_IDS
 
     @property
     def stats(self) -> ServiceStats:
