@@ -346,3 +346,12 @@ def test_under_a_steady_trickle_the_batch_window_bounds_the_wait() -> None:
         worker.join(timeout=5)
     assert max(handler.batches) < 30 and sum(handler.batches) == 30  # closed by the window, not by size
     assert len(handler.batches) > 2
+
+
+def test_recent_ids_count_repeats_within_capacity_and_forget_the_oldest() -> None:
+    from fashionstream.pipeline.recent_ids import RecentIds
+
+    recent = RecentIds(3)
+    assert [recent.seen_before(i) for i in ("a", "b", "a", "c")] == [False, False, True, False]
+    assert recent.seen_before("d") is False  # "a" is forgotten now: only the last 3 distinct ids are kept
+    assert len(recent) == 3 and recent.seen_before("a") is False and recent.seen_before("d") is True

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -40,12 +40,13 @@ from fashionstream.pipeline.contract import Request
 from fashionstream.pipeline.handler import ModelHandler, Pixels
 from fashionstream.pipeline.metrics import Health, ServiceMetrics, ServiceStats
 from fashionstream.pipeline.outage import Outage
+from fashionstream.pipeline.recent_ids import RecentIds
 from fashionstream.pipeline.reload import ModelReloader, describe
 from fashionstream.reasons import InvalidInput, Reason
 
-#: Request ids the service remembers to count duplicates. Bounded, so the memory they take stops growing
-#: once this many have been seen: about 380 bytes of RSS each for uuid-like ids in a running service
-#: (bench/soak.py, docs/benchmarks.md), some 75 MB when full.
+#: Request ids the service remembers to count duplicates: redeliveries after a crash or a rebalance come
+#: within seconds to minutes, and 200,000 ids cover over a minute at the service's top speed. Bounded, so
+#: their memory stops growing once this many have been seen (about 17 MB, see `RecentIds`).
 REMEMBERED_IDS = 200_000
 
 log = logging.getLogger("fashionstream.serve")
@@ -143,8 +144,7 @@ class ModelService:
         self._pending: deque[_Pending] = deque()
         self._pending_messages = 0  # inputs in self._pending, for back-pressure (max_in_flight)
         # Ids answered recently, to count (not suppress) duplicates: at-least-once means re-answering is correct.
-        self._seen: OrderedDict[str, None] = OrderedDict()
-        self._seen_cap = REMEMBERED_IDS
+        self._seen = RecentIds(REMEMBERED_IDS)
 
     @property
     def stats(self) -> ServiceStats:
@@ -266,13 +266,8 @@ class ModelService:
         return self._batcher.add(_Item(message, request, pixels))
 
     def _note_id(self, request_id: str) -> None:
-        if request_id in self._seen:
+        if self._seen.seen_before(request_id):
             self.metrics.duplicates.inc()
-            self._seen.move_to_end(request_id)
-            return
-        self._seen[request_id] = None
-        if len(self._seen) > self._seen_cap:
-            self._seen.popitem(last=False)
 
     def _process(self, batch: list[_Item]) -> None:
         started = time.perf_counter()
