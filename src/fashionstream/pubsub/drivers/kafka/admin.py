@@ -44,7 +44,7 @@ class KafkaAdminDriver:
                 raise client.portable(err, f"{what} on {self.name}", self._options) from err
             except TimeoutError as err:  # concurrent.futures' timeout
                 self._admin.poll(0)  # runs error_cb: a refused login arrives as an error event
-                self._client_log.check_refused(f"{what} on {self.name}", self._address)
+                self._client_log.check_refused(f"{what} on {self.name}")
                 if time.monotonic() >= deadline:
                     raise errors.Timeout(f"{what} on {self.name}: no answer within {timeout:.0f} s") from err
 

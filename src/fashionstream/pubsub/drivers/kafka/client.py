@@ -88,17 +88,20 @@ class ClientLog:
             key = (_log.name, level, err.code(), normalize(err.str()))
             self._print(key, Line(_log.name, level, f"{self.what}: {err}"))
 
-    def check_refused(self, what: str, address: str) -> None:
-        """Raise PermissionDenied if the broker refused this client's login or TLS handshake."""
+    def check_refused(self, what: str) -> None:
+        """Raise PermissionDenied if the broker refused this client's login or TLS handshake.
+
+        librdkafka's reason names the broker's address ("sasl_ssl://HOST:PORT/bootstrap: ...").
+        """
         err = self.refused
         if err is None:
             return
         detail = self.scrub(err.str())
         if err.code() in TLS_FAILED:
-            message = f"{what}: the TLS handshake with Kafka at {address} failed: {detail}"
+            message = f"{what}: TLS handshake failed: {detail}"
             hint = "check ssl.ca.location (the CA that signed the broker's certificate) and security.protocol"
         else:
-            message = f"{what}: authentication with Kafka at {address} failed: {detail}"
+            message = f"{what}: authentication failed: {detail}"
             hint = "check sasl.username, sasl.password and sasl.mechanism"
         error = errors.PermissionDenied(message, hint=hint)
         error.__cause__ = KafkaException(err)
@@ -182,7 +185,7 @@ def check_topic(client: Any, log: ClientLog, topic: str, address: str, what: str
             break
         except KafkaException as err:
             client.poll(0)  # runs error_cb: a refused login arrives as an error event
-            log.check_refused(what, address)
+            log.check_refused(what)
             if time.monotonic() >= deadline:
                 raise errors.from_code(
                     ErrorCode.UNAVAILABLE,
