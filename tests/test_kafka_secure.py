@@ -7,7 +7,9 @@ runs them, with the credentials in the environment and the password in a secret 
 - producer -> service -> consumer over SASL_SSL answers every image, and no process writes the
   password to its output, its log or /metrics;
 - a service with a wrong password exits non-zero within seconds, saying that authentication
-  failed, and commits no offset (the requests still wait for a service that may log in).
+  failed, and commits no offset (the requests still wait for a service that may log in);
+- opening a client with a wrong password or a CA that did not sign the broker's certificate fails
+  at once with PermissionDenied saying which.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from fashionstream.pipeline.topology import Topology
+from fashionstream.pubsub import errors, open_subscription
 from own_kafka import OwnKafka
 from service_process import ServiceProcess, no_orphans  # noqa: F401 - the fixture is used by name
 
@@ -207,7 +210,6 @@ def test_a_wrong_password_stops_the_service_at_once_and_it_consumes_nothing(
     )  # fmt: skip
     seconds = time.monotonic() - started
     output = result.stdout + result.stderr
-    print(f"the service gave up after {seconds:.1f} s: {output}")
     assert result.returncode != 0, output
     assert "authentication" in output.lower() and secure_broker.bootstrap in output, output
     assert "not-the-password-4d8a" not in output
@@ -221,3 +223,36 @@ def test_a_wrong_password_stops_the_service_at_once_and_it_consumes_nothing(
     admin = secure_broker.admin()  # kept alive until the future resolves
     offsets = admin.list_consumer_group_offsets(request)[topology.service_subscription].result(30)
     assert [tp for tp in offsets.topic_partitions if tp.offset >= 0] == []
+
+
+@pytest.mark.parametrize("refusal", ["password", "certificate"])
+def test_a_refused_login_or_certificate_fails_opening_a_client_at_once(
+    secure_broker: SecureBroker, unique_name: Callable[[str], str], tmp_path: Path, refusal: str
+) -> None:
+    options = {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": secure_broker.mechanism,
+        "sasl.username": secure_broker.username,
+        "sasl.password": secure_broker.password(),
+        "ssl.ca.location": str(secure_broker.ca_file),
+    }
+    if refusal == "password":
+        options["sasl.password"] = "wrong-1c9e"
+        expected = "authentication failed"
+    else:  # a CA that did not sign the broker's certificate
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-noenc",
+             "-days", "1", "-subj", "/CN=another CA", "-keyout", str(tmp_path / "other.key"),
+             "-out", str(tmp_path / "other.pem")],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        options["ssl.ca.location"] = str(tmp_path / "other.pem")
+        expected = "TLS handshake failed"
+    url = f"{secure_broker.url}/{unique_name('refused')}?group={unique_name('group')}"
+
+    started = time.monotonic()
+    with pytest.raises(errors.PermissionDenied, match=expected) as caught:
+        open_subscription(url, **options)
+    # The refusal comes within one connection attempt; "no answer" would take the 8 s metadata timeout.
+    assert time.monotonic() - started < 5
+    assert "wrong-1c9e" not in str(caught.value) and secure_broker.password() not in str(caught.value)
