@@ -108,6 +108,7 @@ class ClientLog:
         raise error
 
     def scrub(self, text: str) -> str:
+        """`text` with this client's secret option values blanked."""
         for secret in self.secrets:
             text = text.replace(secret, "***")
         return text
@@ -184,7 +185,9 @@ def check_topic(client: Any, log: ClientLog, topic: str, address: str, what: str
             log.refused = None  # the broker let us in after all (a refusal during a broker restart)
             break
         except KafkaException as err:
-            client.poll(0)  # runs error_cb: a refused login arrives as an error event
+            # Runs error_cb: a refused login arrives as an error event. A consumer is checked before
+            # it subscribes, so this poll cannot take (and lose) a message.
+            client.poll(0)
             log.check_refused(what)
             if time.monotonic() >= deadline:
                 raise errors.from_code(
