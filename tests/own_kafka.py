@@ -32,21 +32,29 @@ def require_java() -> None:
         pytest.skip(message)
 
 
-def free_port_pair() -> int:
-    """A port P such that P and P + 1 (the controller listener) are both free on 127.0.0.1."""
+def free_port_run(count: int = 3) -> int:
+    """A port P such that P .. P + count - 1 are all free on 127.0.0.1.
+
+    A broker uses P (plain), P + 1 (controller) and, started with --secure, P + 2 (SASL_SSL).
+    """
     for _ in range(200):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = int(probe.getsockname()[1])
-        if port >= 65535:
+        if port + count - 1 > 65535:
             continue
-        with socket.socket() as second:
-            try:
-                second.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no two adjacent free ports found on 127.0.0.1")
+        if all(_bindable(port + i) for i in range(1, count)):
+            return port
+    raise RuntimeError(f"no {count} adjacent free ports found on 127.0.0.1")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _user_cache() -> Path:
@@ -59,7 +67,7 @@ class OwnKafka:
     def __init__(self, root: Path, extra_env: dict[str, str] | None = None) -> None:
         require_java()
         self.root = root
-        self.port = free_port_pair()
+        self.port = free_port_run()
         self.address = f"127.0.0.1:{self.port}"
         cache = root / "fashionstream"
         cache.mkdir(parents=True, exist_ok=True)

@@ -97,6 +97,38 @@ def test_every_setting_is_an_option_of_serve(overlay: list[dict[str, Any]]) -> N
                     assert key in known, f"{resource['metadata']['name']}: {key} is not a serve option"
 
 
+def test_secret_files_named_by_the_service_are_mounted_and_passwords_stay_out_of_variables(
+    overlay: list[dict[str, Any]],
+) -> None:
+    """Each --client-option-file path lies in a mounted Secret that has that key; no variable holds a password."""
+    pod = one(overlay, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    secrets = {r["metadata"]["name"]: r for r in overlay if r["kind"] == "Secret"}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mounted = {}  # mount path -> the Secret mounted there
+    for mount in container.get("volumeMounts", []):
+        secret = volumes[mount["name"]].get("secret")
+        if secret is not None:
+            assert mount.get("readOnly") is True
+            # 0440 with the pod's fsGroup: readable by the service's user (10001), by no one else
+            assert secret["defaultMode"] == 0o440 and pod["securityContext"]["fsGroup"] == 10001
+            mounted[mount["mountPath"]] = secrets.get(secret["secretName"])
+    settings: dict[str, str] = {}
+    for resource in overlay:
+        if resource["kind"] in ("ConfigMap", "Secret"):
+            settings.update({k: v for k, v in resource.get("stringData", {}).items() if k.startswith("FASHIONSTREAM_")})
+            settings.update({k: v for k, v in resource.get("data", {}).items() if k.startswith("FASHIONSTREAM_")})
+    for pair in settings.get(env_name("client_option_file"), "").split():
+        path = Path(pair.partition("=")[2])
+        secret = mounted.get(str(path.parent))
+        assert secret is not None, f"{path} is not in a mounted Secret"
+        assert path.name in {**secret.get("data", {}), **secret.get("stringData", {})}
+    for name, value in settings.items():
+        if name != env_name("client_option_file"):  # whose values are file names
+            keys = [pair.partition("=")[0] for pair in value.split()]
+            assert not [key for key in keys if "password" in key.lower()], f"{name} holds a password"
+
+
 def test_autoscaling_targets_the_service_and_its_own_stream(overlay: list[dict[str, Any]]) -> None:
     deployment, config = one(overlay, "Deployment"), one(overlay, "ConfigMap")["data"]
     scaled = one(overlay, "ScaledObject")

@@ -204,6 +204,28 @@ def test_client_log_keeps_connection_failures_quiet_until_the_client_is_open(cap
     assert [r.levelno for r in caplog.records] == [logging.DEBUG, logging.WARNING, logging.WARNING]
 
 
+def test_a_refused_login_while_opening_is_one_error_without_the_secret(caplog: pytest.LogCaptureFixture) -> None:
+    pytest.importorskip("confluent_kafka")
+    from fashionstream.pubsub import errors
+    from fashionstream.pubsub.drivers.kafka.client import ClientLog
+
+    caplog.set_level(logging.DEBUG)
+    log = ClientLog("c", clock=Clock())
+    log.secrets = ("hunter2",)  # as client_config sets them from the secret options
+    log.check_refused("opening c")  # nothing refused yet: no error
+    # Quoted here only to prove the scrubbing; librdkafka's login errors do not quote the password.
+    log.error(_kafka_error("_AUTHENTICATION", "SASL authentication error: bad login hunter2"))
+    with pytest.raises(errors.PermissionDenied, match="opening c: authentication failed") as caught:
+        log.check_refused("opening c")
+    assert "hunter2" not in str(caught.value) and "***" in str(caught.value)
+    assert "sasl.password" in str(caught.value)  # the hint names the options to check
+    # While opening, the refusal is the open's error, so the log line is DEBUG; afterwards it is news.
+    log.opened = True
+    log.error(_kafka_error("_AUTHENTICATION", "SASL authentication error: bad login hunter2 again"))
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG, logging.WARNING]
+    assert not [r for r in caplog.records if "hunter2" in r.getMessage()]
+
+
 def test_client_log_lines_nobody_shows_do_not_use_up_the_cap(caplog: pytest.LogCaptureFixture) -> None:
     pytest.importorskip("confluent_kafka")
     from fashionstream.pubsub.drivers.kafka.client import ClientLog

@@ -113,6 +113,47 @@ def test_a_config_file_sets_options_below_the_environment_and_the_command_line(
     assert "max_batch" in capsys.readouterr().err
 
 
+def test_a_client_option_can_come_from_a_secret_file_which_is_read_but_never_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = tmp_path / "kafka-password"
+    secret.write_text("s3cr3t with spaces\n")  # `echo ... > file` ends with a newline, not part of the secret
+    flags = ["--broker", "kafka://k:9092", "--client-option", "sasl.username=svc"]
+    config = serve_config([*flags, "--client-option-file", f"sasl.password={secret}"], {})
+    expected = {"sasl.username": "svc", "sasl.password": "s3cr3t with spaces"}
+    assert config.subscriber_options() == config.publisher_options() == config.admin_options() == expected
+    assert "s3cr3t" not in repr(config)  # read when a client opens, not kept in the configuration
+    # the variable form, as a container gets it
+    from_env = serve_config(flags, {"FASHIONSTREAM_CLIENT_OPTION_FILE": f"sasl.password={secret}"})
+    assert from_env.subscriber_options() == expected
+    # a rotated secret is used by the next client opened
+    secret.write_text("rotated")
+    assert config.subscriber_options()["sasl.password"] == "rotated"
+
+    # --print-config shows the file's name (not a secret) and never its content; it reads back
+    with pytest.raises(SystemExit):
+        serve_config([*flags, "--client-option-file", f"sasl.password={secret}", "--print-config"], {})
+    printed = capsys.readouterr().out
+    assert "rotated" not in printed and f'"sasl.password" = "{secret}"' in printed
+    (tmp_path / "again.toml").write_text(printed)
+    assert serve_config(["--config", str(tmp_path / "again.toml")], {}).subscriber_options()["sasl.password"] == (
+        "rotated"
+    )
+
+    # a missing or empty file, or a key given both ways, stops the command at start-up naming the file
+    (tmp_path / "empty").write_text("\n")
+    for extra, says in (
+        (["--client-option-file", f"sasl.password={tmp_path / 'missing'}"], "missing: No such file"),
+        (["--client-option-file", f"sasl.password={tmp_path / 'empty'}"], "empty is empty"),
+        (["--client-option-file", f"sasl.username={secret}"], "sasl.username is given both"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            serve_config([*flags, *extra], {})
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert says in err and "rotated" not in err
+
+
 def test_help_prints_each_default_once() -> None:
     text = cli.serve_parser().format_help()
     assert "(default: None)" not in text

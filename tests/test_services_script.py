@@ -37,20 +37,24 @@ def test_kafka_cluster_ids_never_start_with_a_dash_so_storage_format_accepts_the
     assert {len(base64.urlsafe_b64decode(i + "==")) for i in ids} == {16}  # a 128-bit UUID, as Kafka expects
 
 
-def _write_and_read_back(address: str, topic: str, payload: bytes | None) -> list[bytes]:
-    """Create `topic` and write `payload` to it when one is given; then every message the topic holds."""
+def _write_and_read_back(
+    address: str, topic: str, payload: bytes | None, options: dict[str, str] | None = None
+) -> list[bytes]:
+    """Create `topic` and write `payload` to it when one is given; then every message the topic holds.
+
+    `options`: the client settings of a secured listener (SASL_SSL) at `address`.
+    """
     from confluent_kafka import Consumer, Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
+    config = {"bootstrap.servers": address, **(options or {})}
     if payload is not None:
-        admin = AdminClient({"bootstrap.servers": address})  # kept alive until the future resolves
+        admin = AdminClient(config)  # kept alive until the future resolves
         admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
-        producer = Producer({"bootstrap.servers": address})
+        producer = Producer(config)
         producer.produce(topic, payload)
         assert producer.flush(30) == 0
-    consumer = Consumer(
-        {"bootstrap.servers": address, "group.id": f"check-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"}
-    )
+    consumer = Consumer({**config, "group.id": f"check-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"})
     try:
         consumer.subscribe([topic])
         received: list[bytes] = []
@@ -84,15 +88,32 @@ def test_kafka_keeps_its_data_across_stop_and_start_until_an_explicit_reset(tmp_
         assert _write_and_read_back(broker.address, topic, b"still here") == [b"still here"]
 
         broker.stop()
-        out = broker.start()
-        assert "reusing the data" in out, out
+        # Started again with the secured listener: storage formatted without a SCRAM user gets one
+        # through the admin API, and a SASL_SSL client reads what the plain one wrote.
+        out = broker.start("--secure")
+        assert "reusing the data" in out and "creating the SCRAM user" in out, out
         assert broker.cluster_id() == first_id
         assert _write_and_read_back(broker.address, topic, None) == [b"still here"]
+        env = dict(line.removeprefix("export ").split("=", 1) for line in broker.services("env").splitlines())
+        password = Path(env["KAFKA_SECURE_PASSWORD_FILE"]).read_text().strip()
+        login = {
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": env["KAFKA_SECURE_MECHANISM"],
+            "sasl.username": env["KAFKA_SECURE_USERNAME"],
+            "sasl.password": password,
+            "ssl.ca.location": env["KAFKA_SECURE_CA_FILE"],
+        }
+        assert _write_and_read_back(env["KAFKA_SECURE_BOOTSTRAP_SERVERS"], topic, None, login) == [b"still here"]
+        # A plain start of the running secured broker keeps it; --secure is refused only for a plain one.
+        assert "already running" in broker.start()
 
         out = broker.start("--reset")  # stops the running broker, deletes its data, starts a new cluster
         assert "formatted new storage" in out, out
         assert broker.cluster_id() not in (None, first_id)
         assert topic not in _topics(broker.address)
+        assert "KAFKA_SECURE" not in broker.services("env")  # started plain this time
+        with pytest.raises(AssertionError, match="was started without --secure"):
+            broker.start("--secure")
 
         broker.services("reset")
         assert broker.pid() is None and not broker.data_dir.exists()

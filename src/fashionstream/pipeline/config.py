@@ -8,13 +8,15 @@ options, model, batching, logging) are written once and mixed in.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from fashionstream.classifier.sample import SAMPLE_SIZE
 from fashionstream.pipeline import contract
 from fashionstream.pipeline.logs import LOG_FORMATS, LOG_LEVELS
-from fashionstream.pipeline.options import option
+from fashionstream.pipeline.options import OptionError, option
 from fashionstream.pipeline.topology import (
     CONSUMER_SUBSCRIPTION,
     DEAD_LETTERS,
@@ -44,6 +46,27 @@ REQUEST_FORMAT_HELP = (
 )
 
 
+def read_option_files(files: Mapping[str, Any]) -> dict[str, str]:
+    """{KEY: the content of FILE} for each KEY=FILE, without one trailing line ending.
+
+    Secret files usually end with a newline (`echo secret > file`), which is not part of the secret.
+    The content is never put in an error message; the file's name is.
+    """
+    values: dict[str, str] = {}
+    for key, path in files.items():
+        try:
+            text = Path(str(path)).read_text(encoding="utf-8")
+        except OSError as error:
+            raise OptionError(f"client option file for {key}: cannot read {path}: {error.strerror or error}") from None
+        except UnicodeDecodeError:
+            raise OptionError(f"client option file for {key}: {path} is not UTF-8 text") from None
+        value = text.removesuffix("\n").removesuffix("\r")
+        if not value:
+            raise OptionError(f"client option file for {key}: {path} is empty")
+        values[key] = value
+    return values
+
+
 @dataclass(frozen=True, kw_only=True)
 class BrokerConfig:
     """Where the broker is and the credentials every client needs: the same for every command."""
@@ -55,10 +78,33 @@ class BrokerConfig:
     client_option: dict[str, Any] = option(
         {}, "native client option for every client, e.g. security.protocol=SASL_SSL or sasl.username=NAME"
     )
+    client_option_file: dict[str, Any] = option(
+        {},
+        "native client option for every client whose value is a file's content, e.g. "
+        "sasl.password=/run/secrets/kafka-password (a mounted secret; one trailing newline is dropped)",
+        file_values=True,
+    )
+
+    def __post_init__(self) -> None:
+        # A missing secret file or a key given twice stops the command at start-up, naming the file.
+        self.client_options()
+
+    def client_options(self) -> dict[str, Any]:
+        """The native options of every client: `client_option`, and the files of `client_option_file` read now.
+
+        The files are read whenever a client is opened, so the secrets never sit in this object
+        (which is printed, compared and copied) and a rotated secret file is used from the next open.
+        """
+        twice = sorted(set(self.client_option) & set(self.client_option_file))
+        if twice:
+            raise OptionError(
+                f"client option {', '.join(twice)} is given both as a value and as a file; give it one way"
+            )
+        return {**self.client_option, **read_option_files(self.client_option_file)}
 
     def admin_options(self) -> dict[str, Any]:
         """Keyword options for `fashionstream.pubsub.admin` (creating topics needs the same credentials)."""
-        return dict(self.client_option)
+        return self.client_options()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,7 +117,7 @@ class PublisherConfig(BrokerConfig):
 
     def publisher_options(self) -> dict[str, Any]:
         """Keyword options for `open_topic`: the shared client options, then the publisher's own."""
-        return {**self.client_option, **self.publisher_option}
+        return {**self.client_options(), **self.publisher_option}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,7 +130,7 @@ class SubscriberConfig(BrokerConfig):
 
     def subscriber_options(self) -> dict[str, Any]:
         """Keyword options for `open_subscription`: the shared client options, then the subscriber's own."""
-        return {**self.client_option, **self.subscriber_option}
+        return {**self.client_options(), **self.subscriber_option}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -298,6 +344,7 @@ class DemoConfig(ClientConfig, ModelConfig, BatchConfig, ClientLoggingConfig):
         return ServiceConfig(
             broker=topology.broker,
             client_option=self.client_option,
+            client_option_file=self.client_option_file,
             publisher_option=self.publisher_option,
             subscriber_option=self.subscriber_option,
             model=self.model,

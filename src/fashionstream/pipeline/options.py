@@ -51,6 +51,9 @@ class OptionSpec:
     metavar: str | None = None
     required: bool = False  # no usable default: the command refuses to start without it
     default_text: str | None = None  # how to describe a default that is not a plain value (None, computed)
+    # KEY=VALUE options whose values are file names: kept as text, and shown by --print-config (a
+    # file name is not a secret, even where the key is)
+    file_values: bool = False
 
 
 def option(
@@ -63,9 +66,12 @@ def option(
     metavar: str | None = None,
     required: bool = False,
     default_text: str | None = None,
+    file_values: bool = False,
 ) -> Any:
     """A dataclass field that is also a command-line option (see the module docstring)."""
-    spec = OptionSpec(help, tuple(choices) if choices else None, minimum, above, metavar, required, default_text)
+    spec = OptionSpec(
+        help, tuple(choices) if choices else None, minimum, above, metavar, required, default_text, file_values
+    )
     if isinstance(default, dict):
         return dataclasses.field(default_factory=lambda: dict(default), metadata={"option": spec})
     return dataclasses.field(default=default, metadata={"option": spec})
@@ -126,18 +132,18 @@ def fields_of(cls: type) -> list[_Field]:
 # --------------------------------------------------------------------------- value conversion
 
 
-def parse_client_options(pairs: Sequence[str]) -> dict[str, object]:
+def parse_client_options(pairs: Sequence[str], *, text: bool = False) -> dict[str, object]:
     """`["session.timeout.ms=6000", "ack_deadline=60"]` -> {"session.timeout.ms": 6000, "ack_deadline": 60}.
 
     Numbers become int or float (portable options are validated as numbers; librdkafka takes
-    either); anything else stays a string.
+    either); anything else stays a string. With `text`, every value stays a string (file names).
     """
     options: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise OptionError(f"client option {pair!r}: expected KEY=VALUE")
-        options[key.strip()] = _number_or_text(value)
+        options[key.strip()] = value if text else _number_or_text(value)
     return options
 
 
@@ -157,12 +163,13 @@ def _convert(field: _Field, raw: object) -> Any:
             return None
         raise OptionError("a value is required")
     if field.kind == "options":
+        names = field.spec.file_values  # file names stay text: "1e3" is not 1000.0
         if isinstance(raw, Mapping):
-            return {str(k): v for k, v in raw.items()}
+            return {str(k): str(v) if names else v for k, v in raw.items()}
         if isinstance(raw, str):  # one variable holds several pairs: "a=1 b=2"
-            return parse_client_options(raw.split())
+            return parse_client_options(raw.split(), text=names)
         if isinstance(raw, list | tuple):
-            return parse_client_options([str(x) for x in raw])
+            return parse_client_options([str(x) for x in raw], text=names)
         raise OptionError(f"expected KEY=VALUE pairs, got {raw!r}")
     if field.kind == "list":
         items = raw.split() if isinstance(raw, str) else raw  # a variable holds several words: "a.png b.png"
@@ -287,12 +294,16 @@ def _add_flag(group: _Flags, field: _Field) -> None:
     elif field.kind == "list":
         group.add_argument(flag, nargs="+", default=argparse.SUPPRESS, metavar=field.spec.metavar, help=help_text)
     elif field.kind == "options":
-        group.add_argument(flag, action="append", default=argparse.SUPPRESS, metavar="KEY=VALUE",
+        group.add_argument(flag, action="append", default=argparse.SUPPRESS, metavar=_pair_metavar(field),
                            help=help_text + "; repeatable")  # fmt: skip
     else:
         metavar = field.spec.metavar or (None if field.spec.choices else field.name.upper())
         group.add_argument(flag, default=argparse.SUPPRESS, choices=field.spec.choices, metavar=metavar,
                            help=help_text)  # fmt: skip
+
+
+def _pair_metavar(field: _Field) -> str:
+    return field.spec.metavar or ("KEY=FILE" if field.spec.file_values else "KEY=VALUE")
 
 
 def load(
@@ -363,7 +374,8 @@ def to_toml(config: object) -> str:
         value = getattr(config, field.name)
         if field.kind == "options":
             if value:
-                rows = "".join(f"{_toml_key(k)} = {_toml_value(v)}\n" for k, v in redact(value).items())
+                shown = value if field.spec.file_values else redact(value)
+                rows = "".join(f"{_toml_key(k)} = {_toml_value(v)}\n" for k, v in shown.items())
                 tables.append(f"\n[{field.name}]\n{rows}")
             continue
         if isinstance(value, tuple):
@@ -401,7 +413,7 @@ def options_markdown(cls: type) -> str:
         if field.kind == "bool":
             flag += f" / --no-{field.name.replace('_', '-')}"
         elif field.kind in ("options", "list"):
-            flag += " KEY=VALUE" if field.kind == "options" else " ..."
+            flag += f" {_pair_metavar(field)}" if field.kind == "options" else " ..."
         meaning = field.spec.help.replace("|", "\\|")
         if field.spec.choices:
             meaning += f" ({', '.join(field.spec.choices)})"

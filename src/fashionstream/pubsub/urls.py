@@ -17,6 +17,9 @@ from fashionstream.pubsub.errors import InvalidArgument
 
 # Substrings that mark an option or query key as secret. Matched case-insensitively.
 SECRET_MARKERS = ("password", "secret", "token", "credential", "sasl", "key.pem", "private")
+# Keys the markers match that name a method, not a secret: their values are shown, and stay in
+# error messages, where they say which login was refused.
+PUBLIC_KEYS = frozenset({"sasl.mechanism", "sasl.mechanisms"})
 
 REDACTED = "***"
 
@@ -24,7 +27,7 @@ REDACTED = "***"
 def is_secret(key: str) -> bool:
     """True if the value stored under `key` must never appear in logs or errors."""
     lowered = key.lower()
-    return any(marker in lowered for marker in SECRET_MARKERS)
+    return lowered not in PUBLIC_KEYS and any(marker in lowered for marker in SECRET_MARKERS)
 
 
 def redact(options: Mapping[str, object]) -> dict[str, object]:

@@ -29,21 +29,28 @@ class KafkaAdminDriver:
         self.name = f"kafka cluster at {self._address}"
         self._options = dict(options)
         # Never marked opened: each admin call reports its own failure, so connection errors stay at DEBUG.
-        config = client_config(url, options, {}, ClientLog(self.name))
+        self._client_log = ClientLog(self.name)
+        config = client_config(url, options, {}, self._client_log)
         self._admin: AdminClient = make_client(AdminClient, config, self.name)
 
     def _wait(self, future: Any, what: str, timeout: float | None = None) -> Any:
+        """The result of an admin call; in slices, so that a refused login ends the wait at once."""
         timeout = client.METADATA_TIMEOUT_S + 5 if timeout is None else timeout
-        try:
-            return future.result(timeout=timeout)
-        except KafkaException as err:
-            raise client.portable(err, f"{what} on {self.name}", self._options) from err
-        except TimeoutError as err:  # concurrent.futures' timeout
-            raise errors.Timeout(f"{what} on {self.name}: no answer within {timeout:.0f} s") from err
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return future.result(timeout=max(0.0, min(client.REFUSAL_CHECK_S, deadline - time.monotonic())))
+            except KafkaException as err:
+                raise client.portable(err, f"{what} on {self.name}", self._options) from err
+            except TimeoutError as err:  # concurrent.futures' timeout
+                self._admin.poll(0)  # runs error_cb: a refused login arrives as an error event
+                self._client_log.check_refused(f"{what} on {self.name}")
+                if time.monotonic() >= deadline:
+                    raise errors.Timeout(f"{what} on {self.name}: no answer within {timeout:.0f} s") from err
 
     def topic_exists(self, topic: str) -> bool:
         try:
-            client.check_topic(self._admin, topic, self._address, f"looking up topic {topic!r}")
+            client.check_topic(self._admin, self._client_log, topic, self._address, f"looking up topic {topic!r}")
         except errors.NotFound:
             return False
         return True
@@ -84,7 +91,9 @@ class KafkaAdminDriver:
                 dead_letter_topic,
                 subscription,
             )
-        client.check_topic(self._admin, topic, self._address, f"creating consumer group {subscription!r}")
+        client.check_topic(
+            self._admin, self._client_log, topic, self._address, f"creating consumer group {subscription!r}"
+        )
         # The group itself comes to exist when a consumer joins; report whether it already had members or offsets.
         groups = self._admin.describe_consumer_groups([subscription], request_timeout=client.METADATA_TIMEOUT_S)
         future = groups[subscription]

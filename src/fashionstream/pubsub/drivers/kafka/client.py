@@ -13,7 +13,7 @@ from fashionstream.pubsub import errors
 from fashionstream.pubsub.driver import ParsedURL
 from fashionstream.pubsub.drivers.kafka import bootstrap_servers
 from fashionstream.pubsub.drivers.kafka.client_log import Line, LineThrottle, normalize
-from fashionstream.pubsub.drivers.kafka.errors import CONNECTION, NOT_FOUND, classify
+from fashionstream.pubsub.drivers.kafka.errors import CONNECTION, LOGIN_REFUSED, NOT_FOUND, TLS_FAILED, classify
 from fashionstream.pubsub.errors import ErrorCode
 from fashionstream.pubsub.urls import is_secret, safe_url
 
@@ -23,6 +23,10 @@ from fashionstream.pubsub.urls import is_secret, safe_url
 METADATA_TIMEOUT_S = 8.0
 #: Largest message the clients accept; the topics created by `create_topic` allow the same.
 MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+#: How often a wait for the broker (opening a client, an admin call) looks for a refused login or
+#: TLS handshake. librdkafka retries those forever and only reports them as events; looking every
+#: half second turns a wrong password into an error within about a second instead of a timeout.
+REFUSAL_CHECK_S = 0.5
 
 _log = logging.getLogger(__package__ or __name__)
 _librdkafka_log = logging.getLogger(f"{__package__}.librdkafka")
@@ -47,6 +51,11 @@ class ClientLog:
         self.what = what
         #: Set once the client is open: connection failures are then news, not the reason the open fails.
         self.opened = False
+        #: The first refused login or failed TLS handshake: no retry helps, so a wait for the broker
+        #: stops at once with this reason (`check_refused`).
+        self.refused: KafkaError | None = None
+        #: Values of the client's secret options, blanked in every line (`scrub`); set by `client_config`.
+        self.secrets: tuple[str, ...] = ()
         self._throttle = LineThrottle(what, clock=clock)
 
     def log(self, level: int, fmt: str, *args: object) -> None:
@@ -68,11 +77,41 @@ class ClientLog:
 
     def error(self, err: KafkaError) -> None:
         """librdkafka's error events (`error_cb`), and transient errors a consumer returns."""
-        # Transport errors are retried by librdkafka itself; they explain a later timeout.
-        level = logging.DEBUG if not self.opened and err.code() in CONNECTION else logging.WARNING
+        refusal = err.code() in LOGIN_REFUSED or err.code() in TLS_FAILED
+        if refusal and self.refused is None:
+            self.refused = err
+        # Transport errors are retried by librdkafka itself; they explain a later timeout. A refusal
+        # while opening is the error the open fails with (`check_refused`), so it is not said twice.
+        quiet = not self.opened and (err.code() in CONNECTION or refusal)
+        level = logging.DEBUG if quiet else logging.WARNING
         if _log.isEnabledFor(level):
             key = (_log.name, level, err.code(), normalize(err.str()))
             self._print(key, Line(_log.name, level, f"{self.what}: {err}"))
+
+    def check_refused(self, what: str) -> None:
+        """Raise PermissionDenied if the broker refused this client's login or TLS handshake.
+
+        librdkafka's reason names the broker's address ("sasl_ssl://HOST:PORT/bootstrap: ...").
+        """
+        err = self.refused
+        if err is None:
+            return
+        detail = self.scrub(err.str())
+        if err.code() in TLS_FAILED:
+            message = f"{what}: TLS handshake failed: {detail}"
+            hint = "check ssl.ca.location (the CA that signed the broker's certificate) and security.protocol"
+        else:
+            message = f"{what}: authentication failed: {detail}"
+            hint = "check sasl.username, sasl.password and sasl.mechanism"
+        error = errors.PermissionDenied(message, hint=hint)
+        error.__cause__ = KafkaException(err)
+        raise error
+
+    def scrub(self, text: str) -> str:
+        """`text` with this client's secret option values blanked."""
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def flush(self) -> None:
         """Print the repeat counts still pending: when the client closes."""
@@ -81,10 +120,9 @@ class ClientLog:
     def _print(self, key: tuple[object, ...], line: Line) -> None:
         self._emit(self._throttle.offer(key, line))
 
-    @staticmethod
-    def _emit(lines: list[Line]) -> None:
+    def _emit(self, lines: list[Line]) -> None:
         for logger, level, text in lines:
-            logging.getLogger(logger).log(level, "%s", text)
+            logging.getLogger(logger).log(level, "%s", self.scrub(text))
 
 
 def scrub(text: str, options: Mapping[str, object]) -> str:
@@ -117,6 +155,7 @@ def client_config(
     # librdkafka logs through Python logging instead of writing to stderr.
     config.setdefault("logger", log)
     config.setdefault("error_cb", log.error)
+    log.secrets = tuple(str(v) for k, v in options.items() if is_secret(k) and isinstance(v, str) and v)
     return config
 
 
@@ -128,19 +167,34 @@ def make_client(factory: Callable[[dict[str, Any]], Any], config: dict[str, Any]
         raise errors.InvalidArgument(f"invalid Kafka option for {what}: {scrub(str(err), config)}") from err
 
 
-def check_topic(client: Any, topic: str, address: str, what: str, timeout: float | None = None) -> int:
-    """Raise NotFound / Unavailable unless `topic` exists; return its partition count.
+def check_topic(client: Any, log: ClientLog, topic: str, address: str, what: str, timeout: float | None = None) -> int:
+    """Raise NotFound / Unavailable / PermissionDenied unless `topic` exists; return its partition count.
 
     Without this a missing topic would only show up as a delivery failure after librdkafka's
-    metadata propagation wait (30 s), and an unreachable broker as silence.
+    metadata propagation wait (30 s), an unreachable broker as silence, and a wrong password as
+    a timeout: the wait is cut into REFUSAL_CHECK_S slices, and after each the client's events are
+    served (`poll`), so a refused login ends it with the broker's reason.
     """
     timeout = METADATA_TIMEOUT_S if timeout is None else timeout  # read at call time: tests lower it
-    try:
-        metadata = client.list_topics(topic=topic, timeout=timeout)
-    except KafkaException as err:
-        raise errors.from_code(
-            ErrorCode.UNAVAILABLE, f"{what}: no answer from Kafka at {address} within {timeout:.0f} s ({err})", err
-        ) from err
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            metadata = client.list_topics(
+                topic=topic, timeout=max(0.0, min(REFUSAL_CHECK_S, deadline - time.monotonic()))
+            )
+            log.refused = None  # the broker let us in after all (a refusal during a broker restart)
+            break
+        except KafkaException as err:
+            # Runs error_cb: a refused login arrives as an error event. A consumer is checked before
+            # it subscribes, so this poll cannot take (and lose) a message.
+            client.poll(0)
+            log.check_refused(what)
+            if time.monotonic() >= deadline:
+                raise errors.from_code(
+                    ErrorCode.UNAVAILABLE,
+                    f"{what}: no answer from Kafka at {address} within {timeout:.0f} s ({err})",
+                    err,
+                ) from err
     info = metadata.topics.get(topic)
     if info is None or info.error is not None:
         native = KafkaException(info.error) if info is not None and info.error is not None else None

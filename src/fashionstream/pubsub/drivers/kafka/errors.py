@@ -38,6 +38,10 @@ DENIED = _codes(
 CLOSED = _codes("_DESTROY")
 #: The broker connection failing: librdkafka reconnects by itself and reports every failed attempt.
 CONNECTION = _codes("_TRANSPORT", "_ALL_BROKERS_DOWN", "_RESOLVE")
+#: The broker refused this client's login (SASL: wrong password, user or mechanism).
+LOGIN_REFUSED = _codes("_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED")
+#: The TLS handshake failed (e.g. a broker certificate that the configured CA does not vouch for).
+TLS_FAILED = _codes("_SSL")
 
 _TABLE = (
     (NOT_FOUND, ErrorCode.NOT_FOUND),

@@ -112,7 +112,7 @@ class KafkaSubscriptionDriver:
         self._lag: dict[str, int] = {}  # from the latest statistics; replaced whole, never mutated
         self._closed = False
         try:
-            check_topic(self._consumer, self._topic, self._address, f"opening {self.name}")
+            check_topic(self._consumer, self._client_log, self._topic, self._address, f"opening {self.name}")
             self._consumer.subscribe(
                 [self._topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
             )

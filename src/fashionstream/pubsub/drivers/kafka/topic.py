@@ -59,7 +59,7 @@ class KafkaTopicDriver:
             self._client_log,
         )
         self._producer: Producer = make_client(Producer, config, self.name)
-        check_topic(self._producer, self._topic, self._address, f"opening {self.name}")
+        check_topic(self._producer, self._client_log, self._topic, self._address, f"opening {self.name}")
         self._client_log.opened = True
         # Delivery reports are served by one thread for all lanes: a lane polling for its own
         # reports could sit out its poll timeout after another lane's poll served them.
@@ -106,7 +106,9 @@ class KafkaTopicDriver:
         if not done.wait(max(deadline - time.monotonic(), 0.0)):
             # librdkafka holds messages for a topic that was deleted until message.timeout.ms, in
             # case it comes back: say NotFound (not worth a retry) rather than time out again.
-            check_topic(self._producer, self._topic, self._address, f"sending to {self.name}", timeout=2.0)
+            check_topic(
+                self._producer, self._client_log, self._topic, self._address, f"sending to {self.name}", timeout=2.0
+            )
             missing = sum(1 for i in ids if not i)
             raise TimeoutError(f"{self.name}: {missing} of {count} messages not confirmed within {timeout:.1f} s")
         if failures:
