@@ -47,6 +47,8 @@ class ClientLog:
         self.what = what
         #: Set once the client is open: connection failures are then news, not the reason the open fails.
         self.opened = False
+        #: A connection error came since the broker last answered (see `connected`).
+        self._disconnected = False
         self._throttle = LineThrottle(what, clock=clock)
 
     def log(self, level: int, fmt: str, *args: object) -> None:
@@ -69,10 +71,43 @@ class ClientLog:
     def error(self, err: KafkaError) -> None:
         """librdkafka's error events (`error_cb`), and transient errors a consumer returns."""
         # Transport errors are retried by librdkafka itself; they explain a later timeout.
-        level = logging.DEBUG if not self.opened and err.code() in CONNECTION else logging.WARNING
+        connection = err.code() in CONNECTION
+        self._disconnected = self._disconnected or connection
+        level = logging.DEBUG if not self.opened and connection else logging.WARNING
         if _log.isEnabledFor(level):
-            key = (_log.name, level, err.code(), normalize(err.str()))
+            key = (_ERROR_EVENT, level, err.code(), normalize(err.str()))
             self._print(key, Line(_log.name, level, f"{self.what}: {err}"))
+
+    @property
+    def disconnected(self) -> bool:
+        """Whether a connection error came since the broker last answered."""
+        return self._disconnected
+
+    def connected(self) -> None:
+        """The broker answered (a delivery confirmed, a commit accepted): a connection outage is over.
+
+        Its connection errors' repeat counts are printed now, closing the outage in the log, rather
+        than at the next such error or at close, where a burst of stale warnings would follow a
+        stream that has long been healthy. Cheap while there was no outage: called per batch.
+        """
+        if not self._disconnected:
+            return
+        self._disconnected = False
+        self._emit(self._throttle.end(_is_connection_error))
+
+    def statistics(self, stats: Mapping[str, Any]) -> None:
+        """librdkafka's periodic statistics (`stats_cb`, parsed): a broker connection is up again.
+
+        The signal for a client with nothing to send or commit, such as the dead-letter producer of
+        a healthy stream, which would otherwise keep its outage's counts until it closes.
+        """
+        if not self._disconnected:
+            return
+        brokers = stats.get("brokers") if isinstance(stats, Mapping) else None
+        if isinstance(brokers, dict) and any(
+            isinstance(b, dict) and b.get("state") == "UP" and b.get("nodeid", -1) >= 0 for b in brokers.values()
+        ):  # the bootstrap entry (nodeid -1) may stay down after the real broker answered
+            self.connected()
 
     def flush(self) -> None:
         """Print the repeat counts still pending: when the client closes."""
@@ -85,6 +120,14 @@ class ClientLog:
     def _emit(lines: list[Line]) -> None:
         for logger, level, text in lines:
             logging.getLogger(logger).log(level, "%s", text)
+
+
+_ERROR_EVENT = "error event"  # first part of an error event's throttle key; log lines' keys start with a logger
+
+
+def _is_connection_error(key: object) -> bool:
+    """Whether a throttle key (see `ClientLog.error`) is that of a broker connection error."""
+    return isinstance(key, tuple) and key[0] == _ERROR_EVENT and key[2] in CONNECTION
 
 
 def scrub(text: str, options: Mapping[str, object]) -> str:
