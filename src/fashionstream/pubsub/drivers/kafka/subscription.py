@@ -29,6 +29,30 @@ _log = logging.getLogger(__package__ or __name__)
 # Options the driver sets itself because at-least-once depends on them.
 _CONSUMER_FIXED = {"enable.auto.commit": False, "enable.auto.offset.store": False}
 
+# The group session, for the classic group protocol (Kafka 4's `group.protocol=consumer` keeps it on
+# the broker, `group.consumer.session.timeout.ms`, and refuses these two options).
+_CLASSIC_SESSION: dict[str, object] = {
+    # How long the group waits for a member that stopped heart-beating, and, on the member's
+    # side, how long it keeps its partitions without an answer from the group coordinator.
+    # Kafka's own default, 45 s, because the second use decides what a broker restart
+    # costs: a member that runs out of session (a restart takes seconds, loading the group
+    # state more: 10 s is often too short) drops its partitions and rejoins, and then
+    # receives again everything it processed since its last accepted commit: 644
+    # duplicate answers for one such outage in tests/test_kafka_outage.py. The price: a member killed
+    # without leaving the group (SIGKILL, OOM) holds its partitions for up to 45 s; one
+    # that stops cleanly leaves at once (`close`). Set session.timeout.ms lower with
+    # --subscriber-option where fast failover matters more than riding out broker restarts.
+    "session.timeout.ms": 45_000,
+    # Heartbeats also carry news of a rebalance: each second, so joining members get their
+    # share within seconds whatever the session timeout.
+    "heartbeat.interval.ms": 1_000,
+}
+
+
+def _session_defaults(options: dict[str, object]) -> dict[str, object]:
+    return {} if str(options.get("group.protocol", "classic")).lower() == "consumer" else _CLASSIC_SESSION
+
+
 # Ack ids are (topic, partition, offset) tuples.
 
 
@@ -59,20 +83,7 @@ class KafkaSubscriptionDriver:
             {
                 # A new group reads the topic from the start, like a subscription created before the sends.
                 "auto.offset.reset": "earliest",
-                # How long the group waits for a member that stopped heart-beating, and, on the member's
-                # side, how long it keeps its partitions without an answer from the group coordinator.
-                # Kafka's own default, 45 s, because the second use decides what a broker restart
-                # costs: a member that runs out of session (a restart takes seconds, loading the group
-                # state more; 10 s was often too short) drops its partitions and rejoins, and then
-                # receives again everything it processed since its last accepted commit: 644
-                # duplicate answers for one such outage in tests/test_kafka_outage.py. The price: a member killed
-                # without leaving the group (SIGKILL, OOM) holds its partitions for up to 45 s; one
-                # that stops cleanly leaves at once (`close`). Set session.timeout.ms lower with
-                # --subscriber-option where fast failover matters more than riding out broker restarts.
-                "session.timeout.ms": 45_000,
-                # Heartbeats also carry news of a rebalance: each second, so joining members get their
-                # share within seconds whatever the session timeout.
-                "heartbeat.interval.ms": 1_000,
+                **_session_defaults(options),
                 "fetch.max.bytes": 4 * MAX_MESSAGE_BYTES,
                 "on_commit": self._on_commit,
                 # librdkafka's statistics carry each partition's high watermark and committed offset:
