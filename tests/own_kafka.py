@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -120,13 +121,18 @@ class OwnKafka:
             return None
 
     def kill(self) -> None:
-        """SIGKILL the broker's process group, as a crash or an OOM kill would (no controlled shutdown)."""
+        """SIGKILL the broker's process group, as a crash or an OOM kill would; returns once the process is gone."""
         pid = self.pid()
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitpid(pid, 0)
+            # The broker is not this process's child, so it stays in /proc until init reaps it; a
+            # `start` before then finds it "still running" and waits for it to answer.
+            deadline = time.monotonic() + 30
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     def log(self) -> str:
         with contextlib.suppress(OSError):

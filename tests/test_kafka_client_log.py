@@ -191,6 +191,52 @@ def test_client_log_prints_a_connection_failure_once_not_as_log_line_and_error_e
     assert messages[1].endswith("(repeated 19 times)"), messages[1]
 
 
+def test_end_reports_and_forgets_only_the_lines_it_is_asked_about() -> None:
+    clock = Clock()
+    throttle = LineThrottle("client", clock=clock)
+    for _ in range(3):
+        throttle.offer("refused", _line("refused"))
+        throttle.offer("slow", _line("slow"))
+    clock.now += 2
+    assert _texts(throttle.end(lambda key: key == "refused")) == ["refused (repeated 2 times)"]
+    assert _texts(throttle.offer("refused", _line("refused"))) == ["refused"]  # news again
+    assert _texts(throttle.offer("slow", _line("slow"))) == []  # still within its window
+
+
+def test_a_connection_outage_is_counted_when_the_broker_answers_again_not_at_close(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # While the broker is away librdkafka reports each reconnect attempt; once it is back it says nothing.
+    # Without an end signal the counts waited for the client to close, and every client of a long-healthy
+    # service then printed its outage's warnings at shutdown.
+    pytest.importorskip("confluent_kafka")
+    from fashionstream.pubsub.drivers.kafka.client import ClientLog
+
+    caplog.set_level(logging.DEBUG)
+    clock = Clock()
+    log = ClientLog("kafka producer for 'images.dlq' at b:9092", clock=clock)
+    log.opened = True
+    for _ in range(40):
+        log.error(_kafka_error("_TRANSPORT", "b:9092/bootstrap: Connect failed: Connection refused"))
+        log.error(_kafka_error("_ALL_BROKERS_DOWN", "1/1 brokers are down"))
+        log.error(_kafka_error("_MSG_TIMED_OUT", "a message timed out"))  # not a connection error
+        clock.now += 0.2
+    log.statistics({"brokers": {"b:9092/bootstrap": {"nodeid": -1, "state": "DOWN"}}})  # still away
+    assert len(caplog.records) == 3
+    log.statistics(
+        {"brokers": {"b:9092/bootstrap": {"nodeid": -1, "state": "DOWN"}, "b:9092/1": {"nodeid": 1, "state": "UP"}}}
+    )
+    back = [r.getMessage() for r in caplog.records[3:]]
+    assert len(back) == 2 and all("(repeated 39 times in 8 s)" in m for m in back), back
+    log.connected()  # a delivery confirmed: nothing more to say
+    log.statistics({"brokers": {"b:9092/1": {"nodeid": 1, "state": "UP"}}})
+    caplog.clear()
+    log.flush()  # closing: only the count of the other error, still in its window, remains
+    closing = [r.getMessage() for r in caplog.records]
+    assert len(closing) == 1 and "a message timed out" in closing[0], closing
+    assert closing[0].endswith("(repeated 39 times in 8 s)"), closing
+
+
 def test_client_log_keeps_connection_failures_quiet_until_the_client_is_open(caplog: pytest.LogCaptureFixture) -> None:
     pytest.importorskip("confluent_kafka")
     from fashionstream.pubsub.drivers.kafka.client import ClientLog

@@ -136,6 +136,21 @@ def test_acked_messages_behind_an_unacked_one_are_not_committed(bootstrap: str, 
         sub.close()
 
 
+def test_the_consumer_group_protocol_can_be_chosen_and_keeps_its_session_on_the_broker(
+    bootstrap: str, topic: str
+) -> None:
+    # With group.protocol=consumer (Kafka 4) librdkafka refuses session.timeout.ms and
+    # heartbeat.interval.ms: the driver's classic-protocol defaults must then stay out.
+    _send(bootstrap, topic, [b"m0", b"m1"])
+    sub = kafka.open_subscription_driver(_url(bootstrap, topic, "g-848"), {"group.protocol": "consumer"})
+    try:
+        got = _receive(sub, 2)
+        assert [m.data for m in got] == [b"m0", b"m1"]
+        sub.send_acks([m.ack_id for m in got])
+    finally:
+        sub.close()
+
+
 def test_commit_advances_to_the_first_unacked_message(bootstrap: str, topic: str) -> None:
     _send(bootstrap, topic, [b"a", b"b", b"c", b"d"])
     url = _url(bootstrap, topic, "g-partial")

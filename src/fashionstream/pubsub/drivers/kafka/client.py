@@ -56,6 +56,8 @@ class ClientLog:
         self.refused: KafkaError | None = None
         #: Values of the client's secret options, blanked in every line (`scrub`); set by `client_config`.
         self.secrets: tuple[str, ...] = ()
+        #: A connection error came since the broker last answered (see `connected`).
+        self._disconnected = False
         self._throttle = LineThrottle(what, clock=clock)
 
     def log(self, level: int, fmt: str, *args: object) -> None:
@@ -82,10 +84,12 @@ class ClientLog:
             self.refused = err
         # Transport errors are retried by librdkafka itself; they explain a later timeout. A refusal
         # while opening is the error the open fails with (`check_refused`), so it is not said twice.
-        quiet = not self.opened and (err.code() in CONNECTION or refusal)
+        connection = err.code() in CONNECTION
+        self._disconnected = self._disconnected or connection
+        quiet = not self.opened and (connection or refusal)
         level = logging.DEBUG if quiet else logging.WARNING
         if _log.isEnabledFor(level):
-            key = (_log.name, level, err.code(), normalize(err.str()))
+            key = (_ERROR_EVENT, level, err.code(), normalize(err.str()))
             self._print(key, Line(_log.name, level, f"{self.what}: {err}"))
 
     def check_refused(self, what: str) -> None:
@@ -113,6 +117,37 @@ class ClientLog:
             text = text.replace(secret, "***")
         return text
 
+    @property
+    def disconnected(self) -> bool:
+        """Whether a connection error came since the broker last answered."""
+        return self._disconnected
+
+    def connected(self) -> None:
+        """The broker answered (a delivery confirmed, a commit accepted): a connection outage is over.
+
+        Its connection errors' repeat counts are printed now, closing the outage in the log, rather
+        than at the next such error or at close, where a burst of stale warnings would follow a
+        stream that has long been healthy. Cheap while there was no outage: called per batch.
+        """
+        if not self._disconnected:
+            return
+        self._disconnected = False
+        self._emit(self._throttle.end(_is_connection_error))
+
+    def statistics(self, stats: Mapping[str, Any]) -> None:
+        """librdkafka's periodic statistics (`stats_cb`, parsed): a broker connection is up again.
+
+        The signal for a client with nothing to send or commit, such as the dead-letter producer of
+        a healthy stream, which would otherwise keep its outage's counts until it closes.
+        """
+        if not self._disconnected:
+            return
+        brokers = stats.get("brokers") if isinstance(stats, Mapping) else None
+        if isinstance(brokers, dict) and any(
+            isinstance(b, dict) and b.get("state") == "UP" and b.get("nodeid", -1) >= 0 for b in brokers.values()
+        ):  # the bootstrap entry (nodeid -1) may stay down after the real broker answered
+            self.connected()
+
     def flush(self) -> None:
         """Print the repeat counts still pending: when the client closes."""
         self._emit(self._throttle.flush())
@@ -123,6 +158,14 @@ class ClientLog:
     def _emit(self, lines: list[Line]) -> None:
         for logger, level, text in lines:
             logging.getLogger(logger).log(level, "%s", self.scrub(text))
+
+
+_ERROR_EVENT = "error event"  # first part of an error event's throttle key; log lines' keys start with a logger
+
+
+def _is_connection_error(key: object) -> bool:
+    """Whether a throttle key (see `ClientLog.error`) is that of a broker connection error."""
+    return isinstance(key, tuple) and key[0] == _ERROR_EVENT and key[2] in CONNECTION
 
 
 def scrub(text: str, options: Mapping[str, object]) -> str:

@@ -2,8 +2,9 @@
 
 While a broker is unreachable librdkafka retries the connection up to twenty times a second and
 reports every attempt with the same words. `LineThrottle` prints such a line once, counts its
-repeats, and reports the count when the line's window ends (noticed at the client's next line)
-or when the client closes: "... (repeated 57 times in 30 s)". A cap on the lines a client may
+repeats, and reports the count when the line's window ends (noticed at the client's next line),
+when the client says the problem is over (`end`), or when the client closes:
+"... (repeated 57 times in 30 s)". A cap on the lines a client may
 print in one second catches what the deduplication cannot, lines that differ every time.
 """
 
@@ -124,6 +125,20 @@ class LineThrottle:
         with self._lock:
             out = self._ended(math.inf, keep=None)
             out.extend(self._dropped_report())
+            return out
+
+    def end(self, which: Callable[[Hashable], bool]) -> list[Line]:
+        """End the windows of the lines whose key `which` accepts, now: their counts, and they are new again.
+
+        For a problem known to be over (the broker answers again): its count is printed when it
+        ended, not minutes later when the client closes, and its next occurrence is news.
+        """
+        with self._lock:
+            out: list[Line] = []
+            for key in [key for key in self._printed if which(key)]:
+                printed = self._printed.pop(key)
+                if printed.repeats:
+                    out.append(self._repeated(printed, printed.repeats, printed.last - printed.since))
             return out
 
     def _ended(self, now: float, keep: Hashable | None) -> list[Line]:

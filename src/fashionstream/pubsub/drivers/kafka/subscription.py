@@ -63,6 +63,30 @@ def fetch_limits(flow: FlowControl) -> dict[str, int]:
     }
 
 
+# The group session, for the classic group protocol (Kafka 4's `group.protocol=consumer` keeps it on
+# the broker, `group.consumer.session.timeout.ms`, and refuses these two options).
+_CLASSIC_SESSION: dict[str, object] = {
+    # How long the group waits for a member that stopped heart-beating, and, on the member's
+    # side, how long it keeps its partitions without an answer from the group coordinator.
+    # Kafka's own default, 45 s, because the second use decides what a broker restart
+    # costs: a member that runs out of session (a restart takes seconds, loading the group
+    # state more: 10 s is often too short) drops its partitions and rejoins, and then
+    # receives again everything it processed since its last accepted commit: 644
+    # duplicate answers for one such outage in tests/test_kafka_outage.py. The price: a member killed
+    # without leaving the group (SIGKILL, OOM) holds its partitions for up to 45 s; one
+    # that stops cleanly leaves at once (`close`). Set session.timeout.ms lower with
+    # --subscriber-option where fast failover matters more than riding out broker restarts.
+    "session.timeout.ms": 45_000,
+    # Heartbeats also carry news of a rebalance: each second, so joining members get their
+    # share within seconds whatever the session timeout.
+    "heartbeat.interval.ms": 1_000,
+}
+
+
+def _session_defaults(options: dict[str, object]) -> dict[str, object]:
+    return {} if str(options.get("group.protocol", "classic")).lower() == "consumer" else _CLASSIC_SESSION
+
+
 # Ack ids are (topic, partition, offset) tuples.
 
 
@@ -93,13 +117,12 @@ class KafkaSubscriptionDriver:
             {
                 # A new group reads the topic from the start, like a subscription created before the sends.
                 "auto.offset.reset": "earliest",
-                # Partitions of a dead consumer move on after 10 s rather than the default 45 s.
-                "session.timeout.ms": 10_000,
-                "heartbeat.interval.ms": 1_000,
+                **_session_defaults(options),
                 **fetch_limits(flow or SubscriberSettings().flow_control()),
                 "on_commit": self._on_commit,
                 # librdkafka's statistics carry each partition's high watermark and committed offset:
-                # the source of `backlog()`. Every 5 s, a scrape interval's worth of freshness.
+                # the source of `backlog()`, and the broker connections' state (`ClientLog.statistics`).
+                # Every 5 s, a scrape interval's worth of freshness.
                 "statistics.interval.ms": 5_000,
                 "stats_cb": self._on_stats,
             },
@@ -143,6 +166,8 @@ class KafkaSubscriptionDriver:
         if err is not None:
             # Harmless for correctness: a later commit supersedes it, and uncommitted messages only come again.
             _log.warning("%s: offset commit failed: %s", self.name, err)
+        else:
+            self._client_log.connected()  # the group coordinator answered: any connection outage is over
 
     def _commit(self, keys: Sequence[tuple[str, int]], *, asynchronous: bool) -> None:
         offsets = []
@@ -178,8 +203,10 @@ class KafkaSubscriptionDriver:
     def _on_stats(self, stats_json: str) -> None:
         # Served inside consume()/poll() on the receiving thread, like the rebalance callbacks.
         try:
-            partitions = json.loads(stats_json)["topics"][self._topic]["partitions"]
-        except (ValueError, KeyError, TypeError):
+            stats = json.loads(stats_json)
+            self._client_log.statistics(stats)
+            partitions = stats["topics"][self._topic]["partitions"]
+        except (ValueError, KeyError, TypeError, AttributeError):
             return  # the topic is not in this report (not assigned yet): keep the last figures
         lag: dict[str, int] = {}
         for number, stats in partitions.items():

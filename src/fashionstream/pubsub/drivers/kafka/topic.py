@@ -7,7 +7,9 @@ client, and the callbacks run there), for every lane at once.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +27,7 @@ from fashionstream.pubsub.drivers.kafka.client import (
 )
 from fashionstream.pubsub.drivers.kafka.errors import classify, retryable
 from fashionstream.pubsub.errors import ErrorCode
+from fashionstream.pubsub.publisher import PublisherSettings
 
 Headers = dict[str, str | bytes | None]
 
@@ -49,12 +52,21 @@ class KafkaTopicDriver:
                 "enable.idempotence": True,
                 "acks": "all",
                 "message.max.bytes": MAX_MESSAGE_BYTES,
-                # A send that cannot be delivered fails after this long instead of the default 5 minutes.
-                "message.timeout.ms": 60_000,
+                # How long librdkafka keeps trying to deliver a message (its default: 5 minutes): the
+                # publisher's default send_timeout. Longer, and a batch the publisher already reported
+                # as failed could still be delivered once the broker is back, while its sender acts on
+                # the failure (the model service nacks the request and answers it again: a duplicate
+                # answer per message of the batch). A publisher with a longer send_timeout retries
+                # the batch after librdkafka gave up on it (a retryable timeout).
+                "message.timeout.ms": int(PublisherSettings.send_timeout * 1000),
                 # The portable layer gathers batches already (its `linger`); librdkafka's default 5 ms
                 # would come on top. 0 would send each message of a batch as it is produced (measured:
                 # about three times the CPU per message); 1 ms lets a produced batch go as one.
                 "linger.ms": 1,
+                # The broker connections' state every 5 s: how an idle producer learns that an outage
+                # it logged is over (`ClientLog.statistics`).
+                "statistics.interval.ms": 5_000,
+                "stats_cb": self._on_stats,
             },
             self._client_log,
         )
@@ -66,6 +78,13 @@ class KafkaTopicDriver:
         self._closing = threading.Event()
         self._reporter = threading.Thread(target=self._serve_reports, name="kafka-delivery-reports", daemon=True)
         self._reporter.start()
+
+    def _on_stats(self, stats_json: str) -> None:
+        # Served by the reporting thread's poll, like the delivery callbacks. Parsed only when needed.
+        if not self._client_log.disconnected:
+            return
+        with contextlib.suppress(ValueError):
+            self._client_log.statistics(json.loads(stats_json))
 
     def _serve_reports(self) -> None:
         """Run delivery callbacks as reports come in (poll returns as soon as it served any)."""
@@ -113,6 +132,7 @@ class KafkaTopicDriver:
             raise TimeoutError(f"{self.name}: {missing} of {count} messages not confirmed within {timeout:.1f} s")
         if failures:
             raise KafkaException(failures[0])
+        self._client_log.connected()  # the broker confirmed the batch: any connection outage is over
         return ids
 
     def _produce_when_room(
