@@ -63,6 +63,10 @@ Conventions the portable layer relies on:
   may also have `limit_outstanding(count)`: the subscriber calls it once, before
   the first `receive_batch`, with its `max_outstanding`, the most unacked
   messages the broker should let it hold (flow control).
+- A `SubscriptionDriver` whose broker has its own ack deadlines may also have
+  `lease_seconds` (the deadline, in seconds) and `extend_leases(ack_ids)` (give
+  those messages another deadline from now, Pub/Sub's ModifyAckDeadline): the
+  subscriber then renews the lease of a message held past half its deadline.
 - An `AdminDriver` may also have `name`, `error_code(error)` and
   `is_retryable(error)` like the other drivers; `fashionstream.pubsub.admin`
   then wraps and retries its errors the same way (without them, native errors
