@@ -346,3 +346,61 @@ def test_under_a_steady_trickle_the_batch_window_bounds_the_wait() -> None:
         worker.join(timeout=5)
     assert max(handler.batches) < 30 and sum(handler.batches) == 30  # closed by the window, not by size
     assert len(handler.batches) > 2
+
+
+class RedeliveringReceiver(FakeReceiver):
+    """A broker that delivers a nacked message again at once, under the same id, without counting deliveries."""
+
+    def nack(self, messages: Iterable[FakeMessage]) -> None:
+        for message in messages:
+            message.nack()
+            again = FakeMessage(message.data, message.attributes, message.key)
+            again.id, again.delivery_attempt = message.id, None
+            with self.lock:
+                self.queue.append(again)
+
+
+def test_a_request_whose_answer_keeps_failing_is_dead_lettered_at_the_last_attempt() -> None:
+    predictions, dead = HeldSender(), HeldSender()
+    settings = ServiceConfig(broker="mem://", max_batch_size=1, max_wait_ms=5, max_delivery_attempts=3)
+    service = ModelService(settings, FakeHandler(), RedeliveringReceiver(requests(1)), predictions, dead)
+    stop = threading.Event()
+    worker = threading.Thread(target=service.run, args=(stop,))
+    worker.start()
+    try:
+        for attempt in range(1, 4):
+            assert wait_for(lambda attempt=attempt: len(predictions.sent) == attempt)
+            predictions.sent[-1][3].set_exception(RuntimeError(f"refused #{attempt}"))
+        assert wait_for(lambda: len(dead.sent) == 1)
+        dead.confirm_all()
+        assert wait_for(lambda: service.stats.acked == 1)
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+    data, attributes, key, _ = dead.sent[0]
+    assert (attributes["error"], attributes["delivery_attempts"], key) == ("too_many_attempts", "3", "r0")
+    assert "refused #3" in attributes["error_detail"]
+    assert len(predictions.sent) == 3  # not tried a fourth time
+    stats = service.stats
+    assert (stats.received, stats.nacked, stats.redelivered, stats.acked) == (3, 2, 2, 1)
+    assert stats.dead_lettered == {"too_many_attempts": 1}
+
+
+def test_a_request_the_broker_delivered_after_max_attempts_failed_is_dead_lettered_unanswered() -> None:
+    """Pub/Sub counts deliveries that ended without an ack (a crash, an ack deadline): the service believes it."""
+    (message,) = requests(1)
+    message.delivery_attempt = 6  # five deliveries before this one were never acked
+    service, predictions, dead = make([message], max_delivery_attempts=5)
+    stop = threading.Event()
+    worker = threading.Thread(target=service.run, args=(stop,))
+    worker.start()
+    try:
+        assert wait_for(lambda: len(dead.sent) == 1)
+        dead.confirm_all()
+        assert wait_for(lambda: message.acked)
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+    assert predictions.sent == []  # not given to the model again
+    assert dead.sent[0][1]["error"] == "too_many_attempts" and dead.sent[0][1]["delivery_attempts"] == "5"
+    assert service.stats.redelivered == 1

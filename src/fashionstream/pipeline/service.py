@@ -12,6 +12,14 @@ Hostile inputs never stop the loop: anything that cannot be decoded goes to the
 dead-letter topic with a reason, and a batch that fails in the model is bisected
 until the failing input is alone (`run_isolating_failures`).
 
+Nor does an input that cannot be answered for another reason (a poison message): after
+`max_delivery_attempts` failed attempts it is dead-lettered as `too_many_attempts`, with the
+count and the last error, instead of coming back for ever. An attempt failed when its answer
+was not confirmed (the input was nacked), or when it came back unacked (a crash, an ack
+deadline passed): the broker's `delivery_attempt` says how often that happened where the
+broker counts (Pub/Sub with a dead-letter policy; the Kafka driver, for this process), and
+the service counts its own nacks besides, by message id.
+
 The model is reached through one `ModelHandler` (load, decode an image, run a batch);
 everything around it (batching, bisection, metrics, dead letters) is the service's.
 It can be replaced while serving (`reload`): checked on another thread, swapped between two
@@ -140,6 +148,8 @@ class ModelService:
         # Ids answered recently, to count (not suppress) duplicates: at-least-once means re-answering is correct.
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._seen_cap = 200_000
+        # Broker message id -> (failed attempts, last error), for inputs nacked by this process.
+        self._failures: OrderedDict[str, tuple[int, str]] = OrderedDict()
 
     @property
     def stats(self) -> ServiceStats:
@@ -236,8 +246,12 @@ class ModelService:
     def _accept(self, message: InboundMessage) -> list[_Item] | None:
         self.metrics.messages_in.inc()
         self.metrics.in_flight.inc()
-        if (message.delivery_attempt or 1) > 1:
+        failed = self._failed_attempts(message)
+        if failed:
             self.metrics.redelivered.inc()
+            if failed >= self.config.max_delivery_attempts:
+                self._give_up(message, failed)
+                return None
         try:
             request = contract.decode_request(
                 message.data, message.attributes, max_message_bytes=self.config.max_message_bytes
@@ -251,6 +265,31 @@ class ModelService:
             return None
         self._note_id(request.id)
         return self._batcher.add(_Item(message, request, pixels))
+
+    def _failed_attempts(self, message: InboundMessage) -> int:
+        """How often answering `message` failed before: the broker's count or this process's, whichever is more."""
+        broker = (message.delivery_attempt or 1) - 1
+        if not self._failures:
+            return broker
+        ours = self._failures.get(message.id)
+        return max(broker, ours[0] if ours else 0)
+
+    def _give_up(self, message: InboundMessage, failed: int, last_error: str | None = None) -> None:
+        """Dead-letter a poison message: it failed `failed` times, as many as allowed."""
+        if last_error is None:
+            known = self._failures.get(message.id)
+            last_error = known[1] if known else "delivered again each time without being acked (crash or timeout)"
+        log.warning("giving up on message %s after %d failed attempts: %s", message.id, failed, last_error)
+        self._dead_letter(message, Reason.TOO_MANY_ATTEMPTS, f"{failed} failed attempts; last: {last_error}", failed)
+
+    def _note_failure(self, message: InboundMessage, error: str) -> int:
+        """Count one more failed attempt at `message`; return how many it has now."""
+        failed = self._failed_attempts(message) + 1
+        self._failures[message.id] = (failed, error)
+        self._failures.move_to_end(message.id)
+        if len(self._failures) > self._seen_cap:
+            self._failures.popitem(last=False)
+        return failed
 
     def _note_id(self, request_id: str) -> None:
         if request_id in self._seen:
@@ -285,7 +324,7 @@ class ModelService:
             future = self._publish(lambda: self.predictions.send_batch(outgoing))
             self._track(_Pending(answered, future, None, request_times))
 
-    def _dead_letter(self, message: InboundMessage, reason: Reason, detail: str) -> None:
+    def _dead_letter(self, message: InboundMessage, reason: Reason, detail: str, attempts: int | None = None) -> None:
         log.info("dead letter", extra={"reason": str(reason), "detail": detail[:200], "message_id": message.id})
         encoded = contract.encode_dead_letter(
             message.data,
@@ -296,6 +335,7 @@ class ModelService:
             flavour=self.flavour,
             message_id=message.id,
             max_body_bytes=self.config.max_message_bytes,
+            attempts=attempts,
         )
         future = self._publish(lambda: self.dead_letters.send(encoded.data, encoded.attributes, key=encoded.key))
         self._track(_Pending([message], future, reason, [None]))
@@ -334,6 +374,7 @@ class ModelService:
                 self._pending[0].future.exception(timeout=timeout or self.config.publish_timeout)
         still: deque[_Pending] = deque()
         failures: list[BaseException] = []
+        exhausted: list[tuple[InboundMessage, int, str]] = []
         now = datetime.now(UTC)
         for pending in self._pending:
             if not pending.future.done():
@@ -345,9 +386,13 @@ class ModelService:
             error = pending.future.exception()
             if error is not None:
                 failures.append(error)
-                self._settle(self.subscriber.nack, pending.messages)
-                self.metrics.nacked.inc(count)
+                retry = self._count_failures(pending, f"{type(error).__name__}: {error}", exhausted)
+                self._settle(self.subscriber.nack, retry)
+                self.metrics.nacked.inc(len(retry))
                 continue
+            if self._failures:
+                for message in pending.messages:
+                    self._failures.pop(message.id, None)
             self._settle(self.subscriber.ack, pending.messages)
             self.metrics.acked.inc(count)
             if pending.reason is None:
@@ -358,6 +403,9 @@ class ModelService:
             else:
                 self.metrics.dead_lettered.labels(reason=str(pending.reason)).inc(count)
         self._pending = still
+        for message, failed, detail in exhausted:
+            self.metrics.in_flight.inc()  # in flight again, until its dead letter is confirmed
+            self._give_up(message, failed, detail)
         if failures:
             # One line per turn, not per message: a broker outage would otherwise flood the log.
             log.warning(
@@ -365,6 +413,23 @@ class ModelService:
                 len(failures),
                 failures[0],
             )
+
+    def _count_failures(
+        self, pending: _Pending, error: str, exhausted: list[tuple[InboundMessage, int, str]]
+    ) -> list[InboundMessage]:
+        """Count a failed attempt at each input of `pending`: return those to nack, put the rest in `exhausted`.
+
+        An input whose dead letter could not be published is nacked whatever its count: the
+        dead-letter topic is failing, so dead-lettering it again now would fail too.
+        """
+        retry: list[InboundMessage] = []
+        for message in pending.messages:
+            failed = self._note_failure(message, error)
+            if pending.reason is None and failed >= self.config.max_delivery_attempts:
+                exhausted.append((message, failed, error))
+            else:
+                retry.append(message)
+        return retry
 
     @staticmethod
     def _settle(action: Callable[[list[InboundMessage]], None], messages: list[InboundMessage]) -> None:
