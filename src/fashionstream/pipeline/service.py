@@ -14,11 +14,21 @@ until the failing input is alone (`run_isolating_failures`).
 
 Nor does an input that cannot be answered for another reason (a poison message): after
 `max_delivery_attempts` failed attempts it is dead-lettered as `too_many_attempts`, with the
-count and the last error, instead of coming back for ever. An attempt failed when its answer
-was not confirmed (the input was nacked), or when it came back unacked (a crash, an ack
-deadline passed): the broker's `delivery_attempt` says how often that happened where the
-broker counts (Pub/Sub with a dead-letter policy; the Kafka driver, for this process), and
-the service counts its own nacks besides, by message id.
+count and the last error, instead of coming back for ever. Only failures that can be the
+input's fault count: the broker refusing its answer (`InvalidArgument`, say too large), an
+unforeseen publish error, or the input coming back unacked (a crash, an ack deadline passed).
+The broker's `delivery_attempt` says how often it was delivered before where the broker counts
+(Pub/Sub with a dead-letter policy; the Kafka driver, for this process); the service counts
+its own nacks besides, by message id.
+
+Infrastructure failures say nothing about the input (`INFRASTRUCTURE_ERRORS`: the broker
+unreachable or timing out, the topic missing, the client closed, permission denied): the input
+is nacked without counting, and the service waits a little longer before each next receive
+while they last, so that an outage of any length turns no good request into a dead letter.
+The broker counts those nacks as deliveries too, so they are remembered per message id and
+subtracted from its `delivery_attempt`. That memory lives in this process: a replica restarted
+during a long outage sees the broker's whole count, and a request may then be dead-lettered as
+`too_many_attempts` (with the count and the last error, so it can be sent again; never lost).
 
 The model is reached through one `ModelHandler` (load, decode an image, run a batch);
 everything around it (batching, bisection, metrics, dead letters) is the service's.
@@ -49,9 +59,25 @@ from fashionstream.pipeline.handler import ModelHandler, Pixels
 from fashionstream.pipeline.metrics import Health, ServiceMetrics, ServiceStats
 from fashionstream.pipeline.outage import Outage
 from fashionstream.pipeline.reload import ModelReloader, describe
+from fashionstream.pubsub import errors
 from fashionstream.reasons import InvalidInput, Reason
 
 log = logging.getLogger("fashionstream.serve")
+
+#: Publish failures that say nothing about the messages published: they are nacked without counting
+#: an attempt (module docstring). InvalidArgument (the broker refused the message) and anything
+#: unforeseen do count. TimeoutError: a wait for confirmation ran out without a broker's answer.
+INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
+    errors.Unavailable,
+    errors.Timeout,
+    errors.NotFound,
+    errors.Closed,
+    errors.PermissionDenied,
+    TimeoutError,
+)
+#: Longest wait before the next receive while publishing fails for infrastructure reasons: each
+#: wait doubles from 0.1 s, so an outage costs a few nacks a request per minute, not several a second.
+MAX_OUTAGE_BACKOFF_S = 2.0
 
 
 class InboundMessage(Protocol):
@@ -150,6 +176,9 @@ class ModelService:
         self._seen_cap = 200_000
         # Broker message id -> (failed attempts, last error), for inputs nacked by this process.
         self._failures: OrderedDict[str, tuple[int, str]] = OrderedDict()
+        # Broker message id -> nacks of it by this process for infrastructure failures, which the
+        # broker's delivery_attempt counts but which were not the message's fault.
+        self._outage_nacks: OrderedDict[str, int] = OrderedDict()
 
     @property
     def stats(self) -> ServiceStats:
@@ -170,6 +199,7 @@ class ModelService:
             },
         )
         backoff = 0.0
+        outage_backoff = 0.0  # while publishing fails for infrastructure reasons (module docstring)
         self.reloader.start()
         while not stop.is_set():
             self.health.beat()
@@ -200,7 +230,11 @@ class ModelService:
             ready = self._batcher.take_due() or (self._batcher.flush() if not messages else None)
             if ready:
                 self._process(ready)
-            self._reap(block=self._pending_messages > self.config.max_in_flight)
+            if self._reap(block=self._pending_messages > self.config.max_in_flight):
+                outage_backoff = min(max(outage_backoff * 2, 0.1), MAX_OUTAGE_BACKOFF_S)
+                stop.wait(outage_backoff)
+            elif not self._publishing.ongoing:
+                outage_backoff = 0.0
         self.reloader.close()
         self._shutdown()
         return self.stats
@@ -246,9 +280,9 @@ class ModelService:
     def _accept(self, message: InboundMessage) -> list[_Item] | None:
         self.metrics.messages_in.inc()
         self.metrics.in_flight.inc()
-        failed = self._failed_attempts(message)
-        if failed:
+        if self._redelivered(message):
             self.metrics.redelivered.inc()
+            failed = self._failed_attempts(message)
             if failed >= self.config.max_delivery_attempts:
                 self._give_up(message, failed)
                 return None
@@ -266,13 +300,25 @@ class ModelService:
         self._note_id(request.id)
         return self._batcher.add(_Item(message, request, pixels))
 
+    def _redelivered(self, message: InboundMessage) -> bool:
+        """Whether `message` was delivered before, for any reason, as far as the broker or this process knows."""
+        if (message.delivery_attempt or 1) > 1:
+            return True
+        return message.id in self._failures or message.id in self._outage_nacks
+
     def _failed_attempts(self, message: InboundMessage) -> int:
-        """How often answering `message` failed before: the broker's count or this process's, whichever is more."""
+        """How often answering `message` failed before: the broker's count or this process's, whichever is more.
+
+        The broker's count is its earlier deliveries less those this process nacked for
+        infrastructure failures (module docstring).
+        """
         broker = (message.delivery_attempt or 1) - 1
+        if self._outage_nacks:
+            broker -= self._outage_nacks.get(message.id, 0)
         if not self._failures:
-            return broker
+            return max(broker, 0)
         ours = self._failures.get(message.id)
-        return max(broker, ours[0] if ours else 0)
+        return max(broker, ours[0] if ours else 0, 0)
 
     def _give_up(self, message: InboundMessage, failed: int, last_error: str | None = None) -> None:
         """Dead-letter a poison message: it failed `failed` times, as many as allowed."""
@@ -290,6 +336,20 @@ class ModelService:
         if len(self._failures) > self._seen_cap:
             self._failures.popitem(last=False)
         return failed
+
+    def _note_outage_nack(self, message: InboundMessage) -> None:
+        """Remember one more nack of `message` that was not its fault (an infrastructure failure)."""
+        self._outage_nacks[message.id] = self._outage_nacks.get(message.id, 0) + 1
+        self._outage_nacks.move_to_end(message.id)
+        if len(self._outage_nacks) > self._seen_cap:
+            self._outage_nacks.popitem(last=False)
+
+    def _forget(self, messages: list[InboundMessage]) -> None:
+        """Drop what is remembered about messages that are settled for good (acked)."""
+        for memory in (self._failures, self._outage_nacks):
+            if memory:
+                for message in messages:
+                    memory.pop(message.id, None)
 
     def _note_id(self, request_id: str) -> None:
         if request_id in self._seen:
@@ -363,17 +423,19 @@ class ModelService:
         else:
             self._publishing.failed(error)
 
-    def _reap(self, *, block: bool, timeout: float | None = None) -> None:
+    def _reap(self, *, block: bool, timeout: float | None = None) -> int:
         """Ack inputs whose answers are confirmed; nack those whose publish failed.
 
         Runs on the loop's thread so acks never race the subscriber. With `block`,
-        first waits for the oldest pending answer (backpressure / shutdown).
+        first waits for the oldest pending answer (backpressure / shutdown). Returns how
+        many publish calls failed for infrastructure reasons (`INFRASTRUCTURE_ERRORS`).
         """
         if block and self._pending:
             with contextlib.suppress(FutureTimeout):
                 self._pending[0].future.exception(timeout=timeout or self.config.publish_timeout)
         still: deque[_Pending] = deque()
         failures: list[BaseException] = []
+        outages = 0
         exhausted: list[tuple[InboundMessage, int, str]] = []
         now = datetime.now(UTC)
         for pending in self._pending:
@@ -386,13 +448,17 @@ class ModelService:
             error = pending.future.exception()
             if error is not None:
                 failures.append(error)
-                retry = self._count_failures(pending, f"{type(error).__name__}: {error}", exhausted)
+                if isinstance(error, INFRASTRUCTURE_ERRORS):
+                    outages += 1
+                    retry = pending.messages
+                    for message in retry:
+                        self._note_outage_nack(message)
+                else:
+                    retry = self._count_failures(pending, f"{type(error).__name__}: {error}", exhausted)
                 self._settle(self.subscriber.nack, retry)
                 self.metrics.nacked.inc(len(retry))
                 continue
-            if self._failures:
-                for message in pending.messages:
-                    self._failures.pop(message.id, None)
+            self._forget(pending.messages)
             self._settle(self.subscriber.ack, pending.messages)
             self.metrics.acked.inc(count)
             if pending.reason is None:
@@ -413,6 +479,7 @@ class ModelService:
                 len(failures),
                 failures[0],
             )
+        return outages
 
     def _count_failures(
         self, pending: _Pending, error: str, exhausted: list[tuple[InboundMessage, int, str]]
