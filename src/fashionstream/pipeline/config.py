@@ -174,8 +174,9 @@ class ServiceConfig(ClientConfig, TopicCreationConfig, ModelConfig, BatchConfig,
     # Pub/Sub's default; a request that keeps failing (a poison message) must not go round for ever.
     max_delivery_attempts: int = option(
         5,
-        "failed attempts to answer a request (its answer not confirmed, or it came back unacked) before it is "
-        "dead-lettered as too_many_attempts; Kafka: counted in this process only",
+        "failed attempts to answer a request (its answer refused, or it came back unacked) before it is "
+        "dead-lettered as too_many_attempts; outages (broker unreachable, topic missing) do not count; "
+        "Kafka: counted in this process only",
         minimum=1,
     )
     metrics_port: int = option(9100, "port of /metrics and /healthz; 0 picks a free one", minimum=0)

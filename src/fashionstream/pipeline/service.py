@@ -76,8 +76,10 @@ INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 #: Longest wait before the next receive while publishing fails for infrastructure reasons: each
-#: wait doubles from 0.1 s, so an outage costs a few nacks a request per minute, not several a second.
-MAX_OUTAGE_BACKOFF_S = 2.0
+#: wait doubles from 0.1 s, so an outage costs about a dozen nacks a request per minute, not several
+#: a second, and Pub/Sub's own dead-letter policy (100 deliveries, `topology`) takes over 8 minutes
+#: to reach; answers flow again at most this long after the outage ends.
+MAX_OUTAGE_BACKOFF_S = 5.0
 
 
 class InboundMessage(Protocol):
