@@ -24,11 +24,14 @@ its own nacks besides, by message id.
 Infrastructure failures say nothing about the input (`INFRASTRUCTURE_ERRORS`: the broker
 unreachable or timing out, the topic missing, the client closed, permission denied): the input
 is nacked without counting, and the service waits a little longer before each next receive
-while they last, so that an outage of any length turns no good request into a dead letter.
-The broker counts those nacks as deliveries too, so they are remembered per message id and
-subtracted from its `delivery_attempt`. That memory lives in this process: a replica restarted
-during a long outage sees the broker's whole count, and a request may then be dead-lettered as
-`too_many_attempts` (with the count and the last error, so it can be sent again; never lost).
+while they last (`MAX_OUTAGE_BACKOFF_S`), so that an outage does not turn good requests into
+dead letters. The broker counts those nacks as deliveries too, so they are remembered per
+message id and subtracted from its `delivery_attempt`. That memory lives in this process: a
+replica restarted during a long outage sees the broker's whole count, and a request may then be
+dead-lettered as `too_many_attempts` (with the count and the last error, so it can be sent
+again; never lost); on Pub/Sub an outage long enough to reach the subscription's own
+dead-letter policy (`topology.BROKER_MAX_DELIVERY_ATTEMPTS`) ends the same way, moved there by
+Pub/Sub itself.
 
 The model is reached through one `ModelHandler` (load, decode an image, run a batch);
 everything around it (batching, bisection, metrics, dead letters) is the service's.
