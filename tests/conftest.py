@@ -28,7 +28,9 @@ pipeline tests, ...):
           with open_subscription(sub, **backend.subscriber_options) as s: s.receive(timeout=30).ack()
 
   `backend.subscriber_options` holds the native options a test consumer should
-  use (Kafka: short session timeouts so group rebalances take seconds).
+  use (Kafka: short session timeouts so group rebalances take seconds), and
+  `backend.dead_letter_options(dead_topic_url, n)` what a consumer of a subscription
+  made with a dead-letter topic must be opened with (Kafka only; the others keep it).
 - `external_backend`: like `backend` but only "kafka" and "gcp", for cases that
   need a broker outside this process (a consumer killed in a subprocess).
 
@@ -176,6 +178,19 @@ class Backend:
         )
         self._cleanups.append(lambda: admin.delete_subscription(url))
         return url
+
+    def dead_letter_options(self, dead_letter_topic_url: str, max_delivery_attempts: int) -> dict[str, object]:
+        """What `open_subscription` needs so that a subscription made with a dead-letter topic uses it.
+
+        Kafka keeps no subscription settings, so its consumer is told when it opens the group;
+        mem and Pub/Sub keep the policy `new_subscription` set on the subscription.
+        """
+        if self.name != "kafka":
+            return {}
+        return {
+            "dead_letter_topic": self.topic_of(dead_letter_topic_url),
+            "max_delivery_attempts": max_delivery_attempts,
+        }
 
     def cleanup(self) -> None:
         # Subscriptions first, then topics: reverse creation order.

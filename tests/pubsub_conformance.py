@@ -227,6 +227,37 @@ class ConformanceCases:
         if first.delivery_attempt is not None and second.delivery_attempt is not None:
             assert second.delivery_attempt > first.delivery_attempt
 
+    def test_message_failing_max_delivery_attempts_moves_to_the_dead_letter_topic(self, backend: Any) -> None:
+        topic = backend.new_topic()
+        dead = backend.new_topic(prefix="dead")
+        dead_sub_url = backend.new_subscription(dead)
+        sub_url = backend.new_subscription(topic, dead_letter_topic=dead, max_delivery_attempts=5)
+        send_all(topic, [b"poison", b"fine"], attributes={"kind": "test"})
+        attempts: list[int | None] = []
+        moved: list[Message] = []
+        options = {**backend.subscriber_options, **backend.dead_letter_options(dead, 5)}
+        with (
+            open_subscription(sub_url, **options) as sub,
+            open_subscription(dead_sub_url, **backend.subscriber_options) as dead_sub,
+        ):
+            deadline = time.monotonic() + RECEIVE_TIMEOUT
+            while not moved and time.monotonic() < deadline:
+                for message in sub.receive_batch(10, timeout=0.5):
+                    if message.data == b"poison":
+                        attempts.append(message.delivery_attempt)
+                        message.nack()
+                    else:
+                        message.ack()
+                moved = dead_sub.receive_batch(10, timeout=0.2)
+            for message in moved:
+                message.ack()
+            # Given up on: it is not delivered again.
+            later = sub.receive_batch(10, timeout=3.0)
+        assert [m.data for m in moved] == [b"poison"], f"dead-lettered: {moved}, after attempts {attempts}"
+        assert moved[0].attributes.items() >= {"kind": "test"}.items()
+        assert attempts == [1, 2, 3, 4, 5]
+        assert [m.data for m in later] == []
+
     def test_unacked_message_comes_back_after_consumer_closes(self, backend: Any) -> None:
         topic = backend.new_topic()
         sub_url = backend.new_subscription(topic)

@@ -104,7 +104,7 @@ def test_round_trip_keeps_body_key_attributes_and_ids(bootstrap: str, topic: str
         )
         assert second.data == big and second.key is None and second.attributes == {}
         assert first.publish_time is not None and first.publish_time.tzinfo is not None
-        assert first.delivery_attempt is None
+        assert first.delivery_attempt == 1  # counted by the driver: the first delivery in this process
         sub.send_acks([first.ack_id, second.ack_id])
     finally:
         sub.close()
@@ -201,6 +201,24 @@ def test_held_bytes_return_to_zero_after_a_rewind_redelivers_messages_still_held
         assert [m.data for m in again] == bodies
         sub.ack(first[1:] + again)
         assert sub.held_bytes == 0
+
+
+def test_delivery_attempt_counts_the_nacks_of_that_message_only(bootstrap: str, topic: str) -> None:
+    """Kafka counts nothing: the driver does, and a message redelivered only because the partition was
+    rewound behind a nacked one did not fail."""
+    _send(bootstrap, topic, [b"x0", b"x1"])
+    sub = kafka.open_subscription_driver(_url(bootstrap, topic, "g-attempts"), {})
+    try:
+        first = _receive(sub, 2)
+        assert [m.delivery_attempt for m in first] == [1, 1]
+        sub.send_nacks([first[0].ack_id])
+        second = _receive(sub, 2)
+        sub.send_nacks([second[0].ack_id])
+        third = _receive(sub, 2)
+        assert [(m.data, m.delivery_attempt) for m in third] == [(b"x0", 3), (b"x1", 1)]
+        sub.send_acks([m.ack_id for m in third])
+    finally:
+        sub.close()
 
 
 def test_missing_topic_is_not_found_for_topic_and_subscription(bootstrap: str) -> None:
@@ -321,6 +339,18 @@ def test_partition_offsets_rewind_forgets_later_deliveries() -> None:
     state.deliver(1)
     assert state.ack(0) is True and state.pending_commit() == 1
     assert state.ack(1) is True and state.pending_commit() == 2
+
+
+def test_partition_offsets_count_failures_until_committed_past() -> None:
+    state = PartitionOffsets()
+    state.deliver_all([0, 1, 2])
+    state.failed([1])
+    state.rewind(1)
+    state.deliver_all([1, 2])
+    state.failed([1])
+    assert (state.attempt(0), state.attempt(1), state.attempt(2)) == (1, 3, 1)
+    assert state.ack_all([0, 1]) is True
+    assert state.failures == {}  # committed past: never delivered to this group again
 
 
 def test_rebalance_hands_unacked_messages_to_the_new_owner(bootstrap: str, admin: KafkaAdminDriver) -> None:

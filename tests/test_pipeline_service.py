@@ -25,6 +25,7 @@ from fashionstream.pipeline.config import ServiceConfig
 from fashionstream.pipeline.contract import Request
 from fashionstream.pipeline.handler import Pixels
 from fashionstream.pipeline.service import ModelService
+from fashionstream.pubsub import errors
 from fashionstream.reasons import InvalidInput, Reason
 
 
@@ -355,3 +356,123 @@ def test_recent_ids_count_repeats_within_capacity_and_forget_the_oldest() -> Non
     assert [recent.seen_before(i) for i in ("a", "b", "a", "c")] == [False, False, True, False]
     assert recent.seen_before("d") is False  # "a" is forgotten now: only the last 3 distinct ids are kept
     assert len(recent) == 3 and recent.seen_before("a") is False and recent.seen_before("d") is True
+
+
+class RedeliveringReceiver(FakeReceiver):
+    """A broker that delivers a nacked message again at once, under the same id, without counting deliveries."""
+
+    def nack(self, messages: Iterable[FakeMessage]) -> None:
+        for message in messages:
+            message.nack()
+            again = FakeMessage(message.data, message.attributes, message.key)
+            again.id, again.delivery_attempt = message.id, None
+            with self.lock:
+                self.queue.append(again)
+
+
+def test_a_request_whose_answer_keeps_failing_is_dead_lettered_at_the_last_attempt() -> None:
+    predictions, dead = HeldSender(), HeldSender()
+    settings = ServiceConfig(broker="mem://", max_batch_size=1, max_wait_ms=5, max_delivery_attempts=3)
+    service = ModelService(settings, FakeHandler(), RedeliveringReceiver(requests(1)), predictions, dead)
+    stop = threading.Event()
+    worker = threading.Thread(target=service.run, args=(stop,))
+    worker.start()
+    try:
+        for attempt in range(1, 4):
+            assert wait_for(lambda attempt=attempt: len(predictions.sent) == attempt)
+            predictions.sent[-1][3].set_exception(RuntimeError(f"refused #{attempt}"))
+        assert wait_for(lambda: len(dead.sent) == 1)
+        dead.confirm_all()
+        assert wait_for(lambda: service.stats.acked == 1)
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+    data, attributes, key, _ = dead.sent[0]
+    assert (attributes["error"], attributes["delivery_attempts"], key) == ("too_many_attempts", "3", "r0")
+    assert "refused #3" in attributes["error_detail"]
+    assert len(predictions.sent) == 3  # not tried a fourth time
+    stats = service.stats
+    assert (stats.received, stats.nacked, stats.redelivered, stats.acked) == (3, 2, 2, 1)
+    assert stats.dead_lettered == {"too_many_attempts": 1}
+
+
+def test_a_request_the_broker_delivered_after_max_attempts_failed_is_dead_lettered_unanswered() -> None:
+    """Pub/Sub counts deliveries that ended without an ack (a crash, an ack deadline): the service believes it."""
+    (message,) = requests(1)
+    message.delivery_attempt = 6  # five deliveries before this one were never acked
+    service, predictions, dead = make([message], max_delivery_attempts=5)
+    stop = threading.Event()
+    worker = threading.Thread(target=service.run, args=(stop,))
+    worker.start()
+    try:
+        assert wait_for(lambda: len(dead.sent) == 1)
+        dead.confirm_all()
+        assert wait_for(lambda: message.acked)
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+    assert predictions.sent == []  # not given to the model again
+    assert dead.sent[0][1]["error"] == "too_many_attempts" and dead.sent[0][1]["delivery_attempts"] == "5"
+    assert service.stats.redelivered == 1
+
+
+class CountingRedeliveringReceiver(FakeReceiver):
+    """Like Pub/Sub with a dead-letter policy: a nacked message comes back with `delivery_attempt` one higher."""
+
+    def nack(self, messages: Iterable[FakeMessage]) -> None:
+        for message in messages:
+            message.nack()
+            again = FakeMessage(message.data, message.attributes, message.key)
+            again.id, again.delivery_attempt = message.id, (message.delivery_attempt or 1) + 1
+            with self.lock:
+                self.queue.append(again)
+
+
+def test_infrastructure_failures_do_not_count_as_attempts_even_where_the_broker_counts_them() -> None:
+    """A topic missing or a broker unreachable for many rounds: the request is answered once it works again."""
+    predictions, dead = HeldSender(), HeldSender()
+    settings = ServiceConfig(broker="mem://", max_batch_size=1, max_wait_ms=5, max_delivery_attempts=2)
+    service = ModelService(settings, FakeHandler(), CountingRedeliveringReceiver(requests(1)), predictions, dead)
+    outage = [errors.NotFound("topic gone"), errors.Unavailable("down"), errors.Timeout("slow"), TimeoutError()]
+    stop = threading.Event()
+    worker = threading.Thread(target=service.run, args=(stop,))
+    worker.start()
+    try:
+        for attempt in range(1, 7):  # three times the budget, every kind of infrastructure failure
+            assert wait_for(lambda attempt=attempt: len(predictions.sent) == attempt, timeout=10)
+            predictions.sent[-1][3].set_exception(outage[attempt % len(outage)])
+        assert wait_for(lambda: len(predictions.sent) == 7, timeout=10)
+        predictions.confirm_all()
+        assert wait_for(lambda: service.stats.acked == 1)
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+    assert dead.sent == []
+    stats = service.stats
+    assert (stats.received, stats.nacked, stats.redelivered, stats.predicted) == (7, 6, 6, 1)
+
+
+def test_a_refused_answer_still_counts_between_infrastructure_failures() -> None:
+    """InvalidArgument is the message's own fault: two of them exhaust a budget of 2 despite outages around them."""
+    predictions, dead = HeldSender(), HeldSender()
+    settings = ServiceConfig(broker="mem://", max_batch_size=1, max_wait_ms=5, max_delivery_attempts=2)
+    service = ModelService(settings, FakeHandler(), CountingRedeliveringReceiver(requests(1)), predictions, dead)
+    failures = [errors.Unavailable("down"), errors.InvalidArgument("too large"), errors.NotFound("gone")]
+    failures.append(errors.InvalidArgument("too large again"))
+    stop = threading.Event()
+    worker = threading.Thread(target=service.run, args=(stop,))
+    worker.start()
+    try:
+        for attempt, failure in enumerate(failures, start=1):
+            assert wait_for(lambda attempt=attempt: len(predictions.sent) == attempt, timeout=10)
+            predictions.sent[-1][3].set_exception(failure)
+        assert wait_for(lambda: len(dead.sent) == 1, timeout=10)
+        dead.confirm_all()
+        assert wait_for(lambda: service.stats.acked == 1)
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+    attributes = dead.sent[0][1]
+    assert (attributes["error"], attributes["delivery_attempts"]) == ("too_many_attempts", "2")
+    assert "too large again" in attributes["error_detail"]
+    assert len(predictions.sent) == 4

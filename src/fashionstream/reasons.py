@@ -25,6 +25,7 @@ class Reason(enum.StrEnum):
     TRUNCATED = "truncated"  # an image file cut short
     BAD_SHAPE = "bad_shape"  # pixels that cannot become a 28×28 grey image (incl. < 8 px a side, beyond 4:1)
     MODEL_ERROR = "model_error"  # the model failed on this input even when run alone
+    TOO_MANY_ATTEMPTS = "too_many_attempts"  # answering it failed --max-delivery-attempts times (a poison message)
 
 
 class InvalidInput(ValueError):

@@ -228,6 +228,14 @@ class ServiceConfig(ClientConfig, TopicCreationConfig, ModelConfig, BatchConfig,
     max_in_flight: int = option(
         512, "answers awaiting broker confirmation before the service stops taking new requests", minimum=1
     )
+    # Pub/Sub's default; a request that keeps failing (a poison message) must not go round for ever.
+    max_delivery_attempts: int = option(
+        5,
+        "failed attempts to answer a request (its answer refused, or it came back unacked) before it is "
+        "dead-lettered as too_many_attempts; outages (broker unreachable, topic missing) do not count; "
+        "Kafka: counted in this process only",
+        minimum=1,
+    )
     metrics_port: int = option(9100, "port of /metrics and /healthz; 0 picks a free one", minimum=0)
     metrics_host: str = option("0.0.0.0", "address /metrics and /healthz listen on")
     # Polling costs one stat() per model file per interval; 5 s puts a new model in service within ~10 s.

@@ -56,6 +56,7 @@ SERVICE_SOURCE = "fashionstream/model-service"
 EXPECTED_LABEL = "expected_label"  # not a CloudEvents extension: `_` is not allowed in CE attribute names
 ERROR = "error"
 ERROR_DETAIL = "error_detail"
+DELIVERY_ATTEMPTS = "delivery_attempts"  # on a too_many_attempts dead letter: how often answering it failed
 ORIGINAL_TYPE = "original_type"  # a dead letter's request `type`, which the dead-letter type replaces
 # Pub/Sub caps attribute values at 1024 bytes; detail messages are cut well below that.
 MAX_DETAIL_CHARS = 500
@@ -408,6 +409,7 @@ def encode_dead_letter(
     flavour: Flavour,
     message_id: str = "",
     max_body_bytes: int | None = None,
+    attempts: int | None = None,
 ) -> EncodedMessage:
     """The original body and attributes as a dead-letter event, plus `error` and `error_detail`.
 
@@ -415,7 +417,7 @@ def encode_dead_letter(
     keeping the request's id (or, for input without one, its key or the broker's message id) so
     that whoever sent it can match it. With `max_body_bytes`, a larger body is cut (and
     `body_truncated` says by how much) so that an oversize request still leaves a trace on brokers
-    whose own limit it exceeds.
+    whose own limit it exceeds. `attempts`, for a request given up on, says how often answering it failed.
     """
     p = flavour.prefix
     out = dict(attributes)
@@ -431,6 +433,8 @@ def encode_dead_letter(
     out[ERROR] = str(reason)
     out[ERROR_DETAIL] = detail[:MAX_DETAIL_CHARS]
     out["error_time"] = now_rfc3339()
+    if attempts is not None:
+        out[DELIVERY_ATTEMPTS] = str(attempts)
     body = data
     if max_body_bytes is not None and len(body) > max_body_bytes:
         out["body_truncated"] = f"{len(body)} bytes cut to {max_body_bytes}"

@@ -58,6 +58,7 @@ class ServiceStats:
     acked: int = 0
     nacked: int = 0
     duplicates: int = 0
+    redelivered: int = 0
 
 
 class ServiceMetrics:
@@ -83,7 +84,10 @@ class ServiceMetrics:
             registry=r,
         )
         self.redelivered = Counter(
-            "fashionstream_redelivered", "Requests the broker says it delivered more than once", registry=r
+            "fashionstream_redelivered",
+            "Requests delivered again after a failed attempt (nacked, or unacked past the ack deadline), as far as "
+            "the broker (Pub/Sub: delivery_attempt) or this process (Kafka) knows",
+            registry=r,
         )
         self.batch_size = Histogram(
             "fashionstream_batch_size", "Images per model call", buckets=_BATCH_BUCKETS, registry=r
@@ -147,6 +151,7 @@ class ServiceMetrics:
             acked=count("fashionstream_acked_total"),
             nacked=count("fashionstream_nacked_total"),
             duplicates=count("fashionstream_duplicates_total"),
+            redelivered=count("fashionstream_redelivered_total"),
         )
 
     def dead_letter_counts(self) -> dict[str, int]:

@@ -12,6 +12,27 @@ Hostile inputs never stop the loop: anything that cannot be decoded goes to the
 dead-letter topic with a reason, and a batch that fails in the model is bisected
 until the failing input is alone (`run_isolating_failures`).
 
+Nor does an input that cannot be answered for another reason (a poison message): after
+`max_delivery_attempts` failed attempts it is dead-lettered as `too_many_attempts`, with the
+count and the last error, instead of coming back for ever. Only failures that can be the
+input's fault count: the broker refusing its answer (`InvalidArgument`, say too large), an
+unforeseen publish error, or the input coming back unacked (a crash, an ack deadline passed).
+The broker's `delivery_attempt` says how often it was delivered before where the broker counts
+(Pub/Sub with a dead-letter policy; the Kafka driver, for this process); the service counts
+its own nacks besides, by message id.
+
+Infrastructure failures say nothing about the input (`INFRASTRUCTURE_ERRORS`: the broker
+unreachable or timing out, the topic missing, the client closed, permission denied): the input
+is nacked without counting, and the service waits a little longer before each next receive
+while they last (`MAX_OUTAGE_BACKOFF_S`), so that an outage does not turn good requests into
+dead letters. The broker counts those nacks as deliveries too, so they are remembered per
+message id and subtracted from its `delivery_attempt`. That memory lives in this process: a
+replica restarted during a long outage sees the broker's whole count, and a request may then be
+dead-lettered as `too_many_attempts` (with the count and the last error, so it can be sent
+again; never lost); on Pub/Sub an outage long enough to reach the subscription's own
+dead-letter policy (`topology.BROKER_MAX_DELIVERY_ATTEMPTS`) ends the same way, moved there by
+Pub/Sub itself.
+
 The model is reached through one `ModelHandler` (load, decode an image, run a batch);
 everything around it (batching, bisection, metrics, dead letters) is the service's.
 It can be replaced while serving (`reload`): checked on another thread, swapped between two
@@ -24,7 +45,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -42,6 +63,7 @@ from fashionstream.pipeline.metrics import Health, ServiceMetrics, ServiceStats
 from fashionstream.pipeline.outage import Outage
 from fashionstream.pipeline.recent_ids import RecentIds
 from fashionstream.pipeline.reload import ModelReloader, describe
+from fashionstream.pubsub import errors
 from fashionstream.reasons import InvalidInput, Reason
 
 #: Request ids the service remembers to count duplicates: redeliveries after a crash or a rebalance come
@@ -50,6 +72,23 @@ from fashionstream.reasons import InvalidInput, Reason
 REMEMBERED_IDS = 200_000
 
 log = logging.getLogger("fashionstream.serve")
+
+#: Publish failures that say nothing about the messages published: they are nacked without counting
+#: an attempt (module docstring). InvalidArgument (the broker refused the message) and anything
+#: unforeseen do count. TimeoutError: a wait for confirmation ran out without a broker's answer.
+INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
+    errors.Unavailable,
+    errors.Timeout,
+    errors.NotFound,
+    errors.Closed,
+    errors.PermissionDenied,
+    TimeoutError,
+)
+#: Longest wait before the next receive while publishing fails for infrastructure reasons: each
+#: wait doubles from 0.1 s, so an outage costs about a dozen nacks a request per minute, not several
+#: a second, and Pub/Sub's own dead-letter policy (100 deliveries, `topology`) takes over 8 minutes
+#: to reach; answers flow again at most this long after the outage ends.
+MAX_OUTAGE_BACKOFF_S = 5.0
 
 
 class InboundMessage(Protocol):
@@ -145,6 +184,11 @@ class ModelService:
         self._pending_messages = 0  # inputs in self._pending, for back-pressure (max_in_flight)
         # Ids answered recently, to count (not suppress) duplicates: at-least-once means re-answering is correct.
         self._seen = RecentIds(REMEMBERED_IDS)
+        # Broker message id -> (failed attempts, last error), for inputs nacked by this process.
+        self._failures: OrderedDict[str, tuple[int, str]] = OrderedDict()
+        # Broker message id -> nacks of it by this process for infrastructure failures, which the
+        # broker's delivery_attempt counts but which were not the message's fault.
+        self._outage_nacks: OrderedDict[str, int] = OrderedDict()
 
     @property
     def stats(self) -> ServiceStats:
@@ -165,6 +209,7 @@ class ModelService:
             },
         )
         backoff = 0.0
+        outage_backoff = 0.0  # while publishing fails for infrastructure reasons (module docstring)
         self.reloader.start()
         while not stop.is_set():
             self.health.beat()
@@ -203,7 +248,11 @@ class ModelService:
             ready = self._batcher.take_due() or (self._batcher.flush() if not messages else None)
             if ready:
                 self._process(ready)
-            self._reap(block=self._pending_messages > self.config.max_in_flight)
+            if self._reap(block=self._pending_messages > self.config.max_in_flight):
+                outage_backoff = min(max(outage_backoff * 2, 0.1), MAX_OUTAGE_BACKOFF_S)
+                stop.wait(outage_backoff)
+            elif not self._publishing.ongoing:
+                outage_backoff = 0.0
         self.reloader.close()
         self._shutdown()
         return self.stats
@@ -249,8 +298,12 @@ class ModelService:
     def _accept(self, message: InboundMessage) -> list[_Item] | None:
         self.metrics.messages_in.inc()
         self.metrics.in_flight.inc()
-        if (message.delivery_attempt or 1) > 1:
+        if self._redelivered(message):
             self.metrics.redelivered.inc()
+            failed = self._failed_attempts(message)
+            if failed >= self.config.max_delivery_attempts:
+                self._give_up(message, failed)
+                return None
         try:
             request = contract.decode_request(
                 message.data, message.attributes, max_message_bytes=self.config.max_message_bytes
@@ -264,6 +317,57 @@ class ModelService:
             return None
         self._note_id(request.id)
         return self._batcher.add(_Item(message, request, pixels))
+
+    def _redelivered(self, message: InboundMessage) -> bool:
+        """Whether `message` was delivered before, for any reason, as far as the broker or this process knows."""
+        if (message.delivery_attempt or 1) > 1:
+            return True
+        return message.id in self._failures or message.id in self._outage_nacks
+
+    def _failed_attempts(self, message: InboundMessage) -> int:
+        """How often answering `message` failed before: the broker's count or this process's, whichever is more.
+
+        The broker's count is its earlier deliveries less those this process nacked for
+        infrastructure failures (module docstring).
+        """
+        broker = (message.delivery_attempt or 1) - 1
+        if self._outage_nacks:
+            broker -= self._outage_nacks.get(message.id, 0)
+        if not self._failures:
+            return max(broker, 0)
+        ours = self._failures.get(message.id)
+        return max(broker, ours[0] if ours else 0, 0)
+
+    def _give_up(self, message: InboundMessage, failed: int, last_error: str | None = None) -> None:
+        """Dead-letter a poison message: it failed `failed` times, as many as allowed."""
+        if last_error is None:
+            known = self._failures.get(message.id)
+            last_error = known[1] if known else "delivered again each time without being acked (crash or timeout)"
+        log.warning("giving up on message %s after %d failed attempts: %s", message.id, failed, last_error)
+        self._dead_letter(message, Reason.TOO_MANY_ATTEMPTS, f"{failed} failed attempts; last: {last_error}", failed)
+
+    def _note_failure(self, message: InboundMessage, error: str) -> int:
+        """Count one more failed attempt at `message`; return how many it has now."""
+        failed = self._failed_attempts(message) + 1
+        self._failures[message.id] = (failed, error)
+        self._failures.move_to_end(message.id)
+        if len(self._failures) > REMEMBERED_IDS:
+            self._failures.popitem(last=False)
+        return failed
+
+    def _note_outage_nack(self, message: InboundMessage) -> None:
+        """Remember one more nack of `message` that was not its fault (an infrastructure failure)."""
+        self._outage_nacks[message.id] = self._outage_nacks.get(message.id, 0) + 1
+        self._outage_nacks.move_to_end(message.id)
+        if len(self._outage_nacks) > REMEMBERED_IDS:
+            self._outage_nacks.popitem(last=False)
+
+    def _forget(self, messages: list[InboundMessage]) -> None:
+        """Drop what is remembered about messages that are settled for good (acked)."""
+        for memory in (self._failures, self._outage_nacks):
+            if memory:
+                for message in messages:
+                    memory.pop(message.id, None)
 
     def _note_id(self, request_id: str) -> None:
         if self._seen.seen_before(request_id):
@@ -293,7 +397,7 @@ class ModelService:
             future = self._publish(lambda: self.predictions.send_batch(outgoing))
             self._track(_Pending(answered, future, None, request_times))
 
-    def _dead_letter(self, message: InboundMessage, reason: Reason, detail: str) -> None:
+    def _dead_letter(self, message: InboundMessage, reason: Reason, detail: str, attempts: int | None = None) -> None:
         log.info("dead letter", extra={"reason": str(reason), "detail": detail[:200], "message_id": message.id})
         encoded = contract.encode_dead_letter(
             message.data,
@@ -304,6 +408,7 @@ class ModelService:
             flavour=self.flavour,
             message_id=message.id,
             max_body_bytes=self.config.max_message_bytes,
+            attempts=attempts,
         )
         future = self._publish(lambda: self.dead_letters.send(encoded.data, encoded.attributes, key=encoded.key))
         self._track(_Pending([message], future, reason, [None]))
@@ -331,17 +436,20 @@ class ModelService:
         else:
             self._publishing.failed(error)
 
-    def _reap(self, *, block: bool, timeout: float | None = None) -> None:
+    def _reap(self, *, block: bool, timeout: float | None = None) -> int:
         """Ack inputs whose answers are confirmed; nack those whose publish failed.
 
         Runs on the loop's thread so acks never race the subscriber. With `block`,
-        first waits for the oldest pending answer (backpressure / shutdown).
+        first waits for the oldest pending answer (backpressure / shutdown). Returns how
+        many publish calls failed for infrastructure reasons (`INFRASTRUCTURE_ERRORS`).
         """
         if block and self._pending:
             with contextlib.suppress(FutureTimeout):
                 self._pending[0].future.exception(timeout=timeout or self.config.publish_timeout)
         still: deque[_Pending] = deque()
         failures: list[BaseException] = []
+        outages = 0
+        exhausted: list[tuple[InboundMessage, int, str]] = []
         now = datetime.now(UTC)
         for pending in self._pending:
             if not pending.future.done():
@@ -353,9 +461,17 @@ class ModelService:
             error = pending.future.exception()
             if error is not None:
                 failures.append(error)
-                self._settle(self.subscriber.nack, pending.messages)
-                self.metrics.nacked.inc(count)
+                if isinstance(error, INFRASTRUCTURE_ERRORS):
+                    outages += 1
+                    retry = pending.messages
+                    for message in retry:
+                        self._note_outage_nack(message)
+                else:
+                    retry = self._count_failures(pending, f"{type(error).__name__}: {error}", exhausted)
+                self._settle(self.subscriber.nack, retry)
+                self.metrics.nacked.inc(len(retry))
                 continue
+            self._forget(pending.messages)
             self._settle(self.subscriber.ack, pending.messages)
             self.metrics.acked.inc(count)
             if pending.reason is None:
@@ -366,6 +482,9 @@ class ModelService:
             else:
                 self.metrics.dead_lettered.labels(reason=str(pending.reason)).inc(count)
         self._pending = still
+        for message, failed, detail in exhausted:
+            self.metrics.in_flight.inc()  # in flight again, until its dead letter is confirmed
+            self._give_up(message, failed, detail)
         if failures:
             # One line per turn, not per message: a broker outage would otherwise flood the log.
             log.warning(
@@ -373,6 +492,24 @@ class ModelService:
                 len(failures),
                 failures[0],
             )
+        return outages
+
+    def _count_failures(
+        self, pending: _Pending, error: str, exhausted: list[tuple[InboundMessage, int, str]]
+    ) -> list[InboundMessage]:
+        """Count a failed attempt at each input of `pending`: return those to nack, put the rest in `exhausted`.
+
+        An input whose dead letter could not be published is nacked whatever its count: the
+        dead-letter topic is failing, so dead-lettering it again now would fail too.
+        """
+        retry: list[InboundMessage] = []
+        for message in pending.messages:
+            failed = self._note_failure(message, error)
+            if pending.reason is None and failed >= self.config.max_delivery_attempts:
+                exhausted.append((message, failed, error))
+            else:
+                retry.append(message)
+        return retry
 
     @staticmethod
     def _settle(action: Callable[[list[InboundMessage]], None], messages: list[InboundMessage]) -> None:

@@ -22,6 +22,10 @@ PREDICTIONS = "predictions"
 DEAD_LETTERS = "images.dlq"
 SERVICE_SUBSCRIPTION = "model-service"
 CONSUMER_SUBSCRIPTION = "predictions-consumer"
+#: The dead-letter policy of the service's subscription moves a request after this many deliveries:
+#: Pub/Sub's maximum, so that the service (`--max-delivery-attempts`) gives up first, with a reason.
+#: The policy is there because only with one does Pub/Sub count deliveries (`delivery_attempt`).
+BROKER_MAX_DELIVERY_ATTEMPTS = 100
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,8 @@ class Topology:
         """Create the three topics and the given (topic, subscription) pairs if missing.
 
         Defaults to the service's subscription on `images` and the consumer's on `predictions`.
+        The service's subscription gets a dead-letter policy to `dead_letters` (see
+        `BROKER_MAX_DELIVERY_ATTEMPTS`); an existing subscription keeps its own.
         `partitions` / `replication_factor` (None: the broker's default) apply to Kafka topics;
         `options` are native client options (credentials) for the admin client.
         """
@@ -83,7 +89,10 @@ class Topology:
         if pairs is None:
             pairs = ((self.images, self.service_subscription), (self.predictions, self.consumer_subscription))
         for topic, sub in pairs:
+            policy: dict[str, Any] = {}
+            if (topic, sub) == (self.images, self.service_subscription):
+                policy = {"dead_letter_topic": self.dead_letters, "max_delivery_attempts": BROKER_MAX_DELIVERY_ATTEMPTS}
             created = admin.create_subscription(
-                self.subscription(topic, sub), topic=topic, ack_deadline_s=ack_deadline_s, **native
+                self.subscription(topic, sub), topic=topic, ack_deadline_s=ack_deadline_s, **policy, **native
             )
             log.info("subscription %s on %s %s", sub, topic, "created" if created else "exists")

@@ -124,8 +124,10 @@ def create_subscription(
     """Create the subscription of `url` on `topic` if missing; True if created.
 
     Kafka: checks the topic exists (consumer groups need no creation; the ack
-    deadline and dead-letter settings do not apply). `dead_letter_topic` is a
-    name or topic URL of the same backend and must exist.
+    deadline does not apply, and Kafka keeps no dead-letter settings: its consumer
+    applies them when opened with the options `dead_letter_topic` and
+    `max_delivery_attempts`). `dead_letter_topic` is a name or topic URL of the
+    same backend and must exist.
     """
 
     def op(parsed: ParsedURL, driver: AdminDriver) -> bool:

@@ -68,6 +68,10 @@ Conventions the portable layer relies on:
   send (Pub/Sub StreamingPull's flow control), so that memory stays bounded
   below the subscriber too. None (a driver opened directly, as in tests): the
   portable defaults, `SubscriberSettings().flow_control()`.
+- A `SubscriptionDriver` whose broker has its own ack deadlines may also have
+  `lease_seconds` (the deadline, in seconds) and `extend_leases(ack_ids)` (give
+  those messages another deadline from now, Pub/Sub's ModifyAckDeadline): the
+  subscriber then renews the lease of a message held past half its deadline.
 - An `AdminDriver` may also have `name`, `error_code(error)` and
   `is_retryable(error)` like the other drivers; `fashionstream.pubsub.admin`
   then wraps and retries its errors the same way (without them, native errors

@@ -37,6 +37,13 @@ unsettled, so an ack reaches the broker within a few milliseconds even while
 another thread waits for messages: brokers that hold back the next message of
 a key until the previous one is acked (mem, ordered Pub/Sub) depend on that.
 A caller's own turn sends its acks before it asks for more.
+
+Leases: on a broker with its own ack deadline that lets a lease be extended (a driver with
+`lease_seconds` and `extend_leases`, Pub/Sub), a message held (buffered or delivered, not
+settled) for `RENEW_FRACTION` of that deadline has its lease extended in the next turn, and
+again each time that much more passes, so a slow batch is not redelivered to another consumer
+while it is being worked on. An emulated `ack_deadline` still ends it: an expired message is
+nacked and no longer renewed.
 """
 
 from __future__ import annotations
@@ -70,6 +77,10 @@ DEFAULT_EMULATED_ACK_DEADLINE = 30.0
 #: Longest wait in one driver call while messages are buffered or delivered and unsettled, and how
 #: long acks and nacks wait for a caller's turn before the worker sends them (module docstring).
 SETTLE_INTERVAL = 0.005
+
+#: Fraction of the broker's ack deadline a message may be held before its lease is extended: half
+#: leaves the other half for the extension to reach the broker.
+RENEW_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -127,6 +138,10 @@ class Subscriber:
             deadline = DEFAULT_EMULATED_ACK_DEADLINE
         self._ack_deadline = deadline if self._can_nack else None
         self._settle_wait = min(settings.poll_interval, SETTLE_INTERVAL)
+        # Lease renewal (module docstring): fetched batches' ack ids, oldest first, with when to renew them.
+        lease = getattr(driver, "lease_seconds", None) if hasattr(driver, "extend_leases") else None
+        self._renew_after = lease * RENEW_FRACTION if lease else None
+        self._leases: collections.deque[tuple[float, list[Hashable]]] = collections.deque()
         # Everything below is guarded by _lock; _ready (on the same lock) is signalled when a turn
         # brings messages or ends, on a final error and on close, while anyone waits on it.
         self._lock = threading.Lock()
@@ -423,6 +438,35 @@ class Subscriber:
             del self._outstanding[ack_id]
         return expired
 
+    def _due_leases(self, now: float) -> list[Hashable]:
+        """Ack ids of held messages whose lease is due for renewal; they are due again later (lock held)."""
+        assert self._renew_after is not None
+        leases, due = self._leases, []
+        buffered: set[Hashable] | None = None
+        while leases and leases[0][0] <= now:
+            _, ack_ids = leases.popleft()
+            if buffered is None:
+                buffered = {m._ack_id for m in self._buffer}
+            held = [a for a in ack_ids if a in self._outstanding or a in buffered]
+            if held:
+                due.extend(held)
+                leases.append((now + self._renew_after, held))
+        return due
+
+    def _extend_leases(self, ack_ids: list[Hashable]) -> None:
+        """Extend leases, retrying briefly; one that fails only means a possible redelivery, so it is logged."""
+        driver = self._driver
+        try:
+            call_with_retries(
+                lambda _remaining: driver.extend_leases(ack_ids),  # type: ignore[attr-defined]
+                is_retryable=driver.is_retryable,
+                total_timeout=min(10.0, self._settings.retry_timeout),
+            )
+        except Exception as err:
+            log.warning(
+                "leases of %d messages of %s not extended (they may be redelivered): %s", len(ack_ids), driver.name, err
+            )
+
     def _room(self) -> int:
         """How many messages a fetch may bring now (lock held)."""
         settings, buffered = self._settings, len(self._buffer)
@@ -453,9 +497,12 @@ class Subscriber:
             nacks, self._pending_nacks = self._pending_nacks, []
             if self._next_due != float("inf"):
                 nacks.extend(self._expire(time.monotonic()))
+            renew = self._due_leases(time.monotonic()) if self._leases else []
             room = self._room()
             fetch = fetch and room > 0 and not self._error_is_final and not self._closed
         self._send_settlements(acks, nacks)
+        if renew:
+            self._extend_leases(renew)
         if not fetch:
             return False
         try:
@@ -475,6 +522,8 @@ class Subscriber:
                 sizes = [len(message.data) for message in batch]
                 self._held_bytes += sum(sizes)
                 self._size_hint = max(1, max(sizes))  # empty bodies: still one message per byte of room
+                if self._renew_after is not None:
+                    self._leases.append((time.monotonic() + self._renew_after, [m._ack_id for m in batch]))
                 if self._waiters:
                     self._ready.notify_all()
         return True
@@ -529,6 +578,8 @@ class Subscriber:
         if self._pending_acks or self._pending_nacks:
             due = self._pending_since + settle
         due = min(due, self._next_due)
+        if self._leases:
+            due = min(due, self._leases[0][0])
         # Fetching is for callers: the worker fetches ahead only while none is receiving or has
         # fetched within poll_interval (one busy processing a batch comes back for the next).
         can_fetch = not self._receivers and not self._error_is_final and self._room() > 0

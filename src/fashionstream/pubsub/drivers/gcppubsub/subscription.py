@@ -161,6 +161,9 @@ class GcpSubscriptionDriver:
         self._ack_deadline_s = (found[0].ack_deadline_seconds if found else 0) or 10
         # StreamingPull's flow control: the service stops pushing while the stream holds this much unacked.
         self._flow = flow or SubscriberSettings().flow_control()
+        # What a lease lasts, and what `extend_leases` extends it by: the portable layer renews leases
+        # of messages held past a fraction of it.
+        self.lease_seconds = float(self._ack_deadline_s)
         self._inbox: collections.deque[Any] = collections.deque()  # raw ReceivedMessages from the stream
         self._arrived = threading.Condition()
         self._stream: _Stream | None = None
@@ -254,6 +257,17 @@ class GcpSubscriptionDriver:
                 subscription=self._subscription,
                 ack_ids=[str(a) for a in ack_ids[start : start + MAX_ACK_IDS]],
                 ack_deadline_seconds=0,
+                timeout=client.METADATA_TIMEOUT_S,
+                retry=None,
+            )
+
+    def extend_leases(self, ack_ids: Sequence[Hashable]) -> None:
+        """Give these held messages another ack deadline from now, so they are not redelivered meanwhile."""
+        for start in range(0, len(ack_ids), MAX_ACK_IDS):
+            self._client.modify_ack_deadline(
+                subscription=self._subscription,
+                ack_ids=[str(a) for a in ack_ids[start : start + MAX_ACK_IDS]],
+                ack_deadline_seconds=self._ack_deadline_s,
                 timeout=client.METADATA_TIMEOUT_S,
                 retry=None,
             )

@@ -19,6 +19,10 @@ Guarantees and how they are kept:
   offset; the messages after it come again too (duplicates are allowed by at-least-once).
 - Kafka has no ack deadline: the portable layer emulates it (`NATIVE_ACK_DEADLINES = False`)
   by nacking messages held too long.
+- Kafka counts no deliveries and has no dead-letter policy: the driver counts each offset's
+  nacks while its partition is assigned here (`delivery_attempt`), and with the options
+  `dead_letter_topic` / `max_delivery_attempts` moves a message that failed that often to the
+  dead-letter topic (see `subscription`). The count starts again in a new process or owner.
 
 Native options (any librdkafka property such as `linger.ms`, `security.protocol`, `sasl.*`) are
 passed to the client as given and never logged.

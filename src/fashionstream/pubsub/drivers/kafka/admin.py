@@ -83,17 +83,20 @@ class KafkaAdminDriver:
         dead_letter_topic: str | None = None,
         max_delivery_attempts: int = 5,
     ) -> bool:
+        doing = f"creating consumer group {subscription!r}"
+        client.check_topic(self._admin, self._client_log, topic, self._address, doing)
         if dead_letter_topic is not None:
-            # As documented in fashionstream.pubsub.admin: Kafka has no broker-side dead-letter policy.
-            _log.warning(
-                "kafka has no dead-letter policy; ignoring dead_letter_topic=%r for group %r (publish failed "
-                "messages to a dead-letter topic yourself)",
-                dead_letter_topic,
+            # Kafka keeps no settings for a group: the consumer applies the policy when it is opened with
+            # the options dead_letter_topic and max_delivery_attempts. Here only the topic is checked.
+            client.check_topic(self._admin, self._client_log, dead_letter_topic, self._address, doing)
+            _log.debug(
+                "consumer group %r: dead-lettering to %r applies to consumers opened with dead_letter_topic=%r "
+                "and max_delivery_attempts=%d",
                 subscription,
+                dead_letter_topic,
+                dead_letter_topic,
+                max_delivery_attempts,
             )
-        client.check_topic(
-            self._admin, self._client_log, topic, self._address, f"creating consumer group {subscription!r}"
-        )
         # The group itself comes to exist when a consumer joins; report whether it already had members or offsets.
         groups = self._admin.describe_consumer_groups([subscription], request_timeout=client.METADATA_TIMEOUT_S)
         future = groups[subscription]

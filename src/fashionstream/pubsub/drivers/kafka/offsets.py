@@ -16,9 +16,15 @@ class PartitionOffsets:
     Offsets are remembered in delivery order (increasing). The head of that sequence moves on only
     while its first offset is acked, so the commit position never passes an unacked message.
     Kafka offsets may have gaps (compaction, transaction markers); only delivered offsets count.
+
+    `failures` counts, per offset not yet committed past, how often it was nacked (explicitly, or
+    because its ack deadline passed): Kafka keeps no such count, so this is the partition's only
+    record of it, and it starts from nothing whenever the partition is assigned anew. Messages
+    redelivered only because a nack rewound the partition behind them did not fail and are not
+    counted.
     """
 
-    __slots__ = ("delivered", "outstanding", "acked", "commit_position", "committed")
+    __slots__ = ("delivered", "outstanding", "acked", "commit_position", "committed", "failures")
 
     def __init__(self) -> None:
         self.delivered: deque[int] = deque()
@@ -26,6 +32,22 @@ class PartitionOffsets:
         self.acked: set[int] = set()
         self.commit_position: int | None = None  # next offset to commit (first not-yet-acked)
         self.committed: int | None = None  # last position sent to the broker
+        self.failures: dict[int, int] = {}  # offset -> times nacked; only offsets nacked at least once
+
+    def attempt(self, offset: int) -> int:
+        """Which delivery (1, 2, ...) of `offset` the next one is: one more than its failures so far."""
+        return self.failures.get(offset, 0) + 1
+
+    def failed(self, offsets: Sequence[int]) -> None:
+        """Count one failure for each of `offsets` (they were nacked)."""
+        failures = self.failures
+        for offset in offsets:
+            failures[offset] = failures.get(offset, 0) + 1
+
+    def _forget_failures_below(self, position: int) -> None:
+        """Committed past: those offsets are never delivered by this group again."""
+        if self.failures:
+            self.failures = {o: n for o, n in self.failures.items() if o >= position}
 
     def deliver(self, offset: int) -> None:
         if self.delivered and offset <= self.delivered[-1]:
@@ -51,6 +73,7 @@ class PartitionOffsets:
             self.delivered = deque(itertools.islice(delivered, count, None))
             self.outstanding.difference_update(offsets)
             self.commit_position = offsets[-1] + 1
+            self._forget_failures_below(self.commit_position)
             return True
         fresh = self.outstanding.intersection(offsets)  # unknown, repeated and rewound ones change nothing
         if not fresh:
@@ -67,6 +90,7 @@ class PartitionOffsets:
             take()
         acked.difference_update(run)
         self.commit_position = run[-1] + 1
+        self._forget_failures_below(self.commit_position)
         return True
 
     def ack(self, offset: int) -> bool:
@@ -79,6 +103,7 @@ class PartitionOffsets:
             # The usual case, acks in delivery order: the head moves by one.
             delivered.popleft()
             self.commit_position = offset + 1
+            self._forget_failures_below(self.commit_position)
             return True
         self.acked.add(offset)
         moved = False
@@ -87,6 +112,8 @@ class PartitionOffsets:
             self.acked.discard(head)
             self.commit_position = head + 1
             moved = True
+        if moved and self.commit_position is not None:
+            self._forget_failures_below(self.commit_position)
         return moved
 
     def rewind(self, offset: int) -> None:

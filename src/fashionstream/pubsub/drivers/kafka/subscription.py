@@ -1,4 +1,12 @@
-"""Receiving from one Kafka topic as a member of one consumer group, committing only acked offsets."""
+"""Receiving from one Kafka topic as a member of one consumer group, committing only acked offsets.
+
+Kafka keeps no delivery count and no dead-letter policy, so the driver keeps both for the
+partitions assigned to it: `delivery_attempt` is one more than the times this consumer saw the
+message nacked (or its ack deadline pass), and with the options `dead_letter_topic` (and
+`max_delivery_attempts`, default 5) a message that failed that many times is published to the
+dead-letter topic and acked instead of being delivered again. The count lives in this process:
+it starts again from 1 when the partition moves to another consumer or the process restarts.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,7 @@ from typing import Any, cast
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, TopicPartition
 
 from fashionstream.pubsub import errors
-from fashionstream.pubsub.driver import FlowControl, IncomingMessage, ParsedURL
+from fashionstream.pubsub.driver import FlowControl, IncomingMessage, OutgoingMessage, ParsedURL
 from fashionstream.pubsub.drivers.kafka import bootstrap_servers, resource_names, topic_name
 from fashionstream.pubsub.drivers.kafka.client import (
     ClientLog,
@@ -20,6 +28,7 @@ from fashionstream.pubsub.drivers.kafka.client import (
 )
 from fashionstream.pubsub.drivers.kafka.errors import DENIED, NOT_FOUND, classify, retryable
 from fashionstream.pubsub.drivers.kafka.offsets import PartitionOffsets
+from fashionstream.pubsub.drivers.kafka.topic import KafkaTopicDriver
 from fashionstream.pubsub.errors import ErrorCode
 from fashionstream.pubsub.subscriber import SubscriberSettings
 from fashionstream.pubsub.urls import safe_url
@@ -89,6 +98,13 @@ def _session_defaults(options: dict[str, object]) -> dict[str, object]:
 
 # Ack ids are (topic, partition, offset) tuples.
 
+#: Deliveries of a message before it is dead-lettered, as Pub/Sub's default.
+DEFAULT_MAX_DELIVERY_ATTEMPTS = 5
+#: Prefixes of the native options the dead-letter producer shares with the consumer (connection, credentials).
+_SHARED_OPTION_PREFIXES = ("security.", "sasl.", "ssl.", "client.", "socket.", "broker.", "bootstrap.")
+#: Seconds a dead letter may take to be confirmed before the message is delivered as usual instead.
+DEAD_LETTER_TIMEOUT_S = 30.0
+
 
 class KafkaSubscriptionDriver:
     """Receives from one topic as a member of one consumer group, committing only acked offsets."""
@@ -104,6 +120,9 @@ class KafkaSubscriptionDriver:
             )
         self._group = group
         self.name = f"kafka group {group!r} on topic {self._topic!r} at {self._address}"
+        options = dict(options)
+        dead_letter_topic = options.pop("dead_letter_topic", None)
+        self._max_attempts = _max_attempts(options.pop("max_delivery_attempts", DEFAULT_MAX_DELIVERY_ATTEMPTS))
         fixed = sorted(k for k in _CONSUMER_FIXED if k in options)
         if fixed:
             raise errors.InvalidArgument(
@@ -144,6 +163,20 @@ class KafkaSubscriptionDriver:
             self._client_log.flush()
             raise
         self._client_log.opened = True
+        self._dead_letters: KafkaTopicDriver | None = None
+        if dead_letter_topic is not None:
+            try:
+                self._dead_letters = self._open_dead_letters(url, str(dead_letter_topic), options)
+            except BaseException:
+                self.close()
+                raise
+
+    def _open_dead_letters(self, url: ParsedURL, topic: str, options: dict[str, object]) -> KafkaTopicDriver:
+        if not topic or "/" in topic:
+            raise errors.InvalidArgument(f"option dead_letter_topic must be a topic name, got {topic!r}")
+        shared = {k: v for k, v in options.items() if k.startswith(_SHARED_OPTION_PREFIXES)}
+        dead = ParsedURL(f"kafka://{self._address}/{topic}", "kafka", self._address, topic, {})
+        return KafkaTopicDriver(dead, shared)
 
     # -- rebalance callbacks: they run inside consume() / close(), on the subscriber's thread
 
@@ -242,6 +275,7 @@ class KafkaSubscriptionDriver:
         # looked up once per run of messages from one partition, offsets recorded per run.
         partitions, append, no_time = self._partitions, out.append, TIMESTAMP_NOT_AVAILABLE
         runs: list[tuple[PartitionOffsets, list[int]]] = []
+        failures: dict[int, int] = {}  # the current partition's failure counts (usually empty)
         topic = self._topic  # the consumer is subscribed to this topic only
         current = -1  # the partition of the run being read
         offsets: list[int] | None = None
@@ -264,6 +298,7 @@ class KafkaSubscriptionDriver:
                 if state is not None:
                     offsets = []
                     runs.append((state, offsets))
+                    failures = state.failures
             if offsets is None:  # a message of a partition revoked meanwhile: its next owner gets it
                 continue
             offsets.append(offset)
@@ -278,12 +313,46 @@ class KafkaSubscriptionDriver:
                     f"{topic}/{partition}/{offset}",
                     (topic, partition, offset),
                     millis / 1000 if kind != no_time else None,
-                    None,  # delivery_attempt: Kafka does not count deliveries
+                    failures.get(offset, 0) + 1 if failures else 1,  # counted here: Kafka does not
                 )
             )
         for state, run in runs:
             state.deliver_all(run)
+        if self._dead_letters is not None and any(state.failures for state, _ in runs):
+            out = self._dead_letter_exhausted(out)
         return out
+
+    def _dead_letter_exhausted(self, messages: list[IncomingMessage]) -> list[IncomingMessage]:
+        """Publish messages that failed `max_delivery_attempts` times to the dead-letter topic and ack them.
+
+        Returns the rest. If the dead-letter topic does not confirm, the messages are delivered as
+        usual (nothing is lost) and the next failure tries again.
+        """
+        assert self._dead_letters is not None
+        limit = self._max_attempts
+        exhausted = [m for m in messages if (m.delivery_attempt or 1) > limit]
+        if not exhausted:
+            return messages
+        try:
+            self._dead_letters.send_batch(
+                [OutgoingMessage(m.data, m.attributes, m.key) for m in exhausted], DEAD_LETTER_TIMEOUT_S
+            )
+        except Exception as err:  # noqa: BLE001 - delivered instead: a failed dead letter must not lose them
+            _log.warning(
+                "%s: %d messages failed %d times but could not be dead-lettered to %s; delivering them again: %s",
+                self.name,
+                len(exhausted),
+                limit,
+                self._dead_letters.name,
+                err,
+            )
+            return messages
+        _log.info(
+            "%s: %d messages failed %d times, moved to %s", self.name, len(exhausted), limit, self._dead_letters.name
+        )
+        self.send_acks([m._ack_id for m in exhausted])
+        moved = {id(m) for m in exhausted}
+        return [m for m in messages if id(m) not in moved]
 
     def send_acks(self, ack_ids: Sequence[Hashable]) -> None:
         moved: list[tuple[str, int]] = []
@@ -308,6 +377,7 @@ class KafkaSubscriptionDriver:
                 continue  # no longer ours
             live = state.outstanding.intersection(offsets)  # others were already rewound past
             if live:
+                state.failed(sorted(live))
                 lowest[key] = min(live)
         for (topic, partition), offset in lowest.items():
             self._partitions[(topic, partition)].rewind(offset)
@@ -328,11 +398,24 @@ class KafkaSubscriptionDriver:
         if self._closed:
             return
         self._closed = True
+        if self._dead_letters is not None:
+            self._dead_letters.close()
         self._commit(list(self._partitions), asynchronous=False)
         # Leaves the group at once, so the partitions (and their unacked messages) move on without
         # waiting for the session timeout.
         self._consumer.close()
         self._client_log.flush()  # the repeat counts still pending
+
+
+def _max_attempts(value: object) -> int:
+    """The `max_delivery_attempts` option as a positive int (it may come as text from a command line)."""
+    try:
+        attempts = int(str(value))
+    except ValueError:
+        attempts = 0
+    if attempts < 1:
+        raise errors.InvalidArgument(f"option max_delivery_attempts must be a positive whole number, got {value!r}")
+    return attempts
 
 
 def _by_partition(ack_ids: Sequence[Hashable]) -> dict[tuple[str, int], list[int]]:
