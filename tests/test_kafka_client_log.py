@@ -360,3 +360,34 @@ def test_json_log_lines_carry_severity_and_level() -> None:
     assert doc["severity"] == "WARNING"
     assert doc["level"] == "warning"
     assert doc["message"] == "m 1" and doc["logger"] == "fashionstream.x"
+
+
+def test_an_outage_ends_for_every_client_of_the_broker_when_any_of_them_hears_from_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # An idle client (the dead-letter producer of a healthy stream) hears nothing of its own for a while
+    # after the broker is back; the answers producer's confirmed delivery ends its outage too.
+    pytest.importorskip("confluent_kafka")
+    from fashionstream.pubsub.drivers.kafka.client import ClientLog
+
+    caplog.set_level(logging.DEBUG)
+    clock = Clock()
+    idle = ClientLog("kafka producer for 'images.dlq' at b:9092", clock=clock, address="b:9092")
+    busy = ClientLog("kafka producer for 'predictions' at b:9092", clock=clock, address="b:9092")
+    elsewhere = ClientLog("kafka producer for 'x' at c:9092", clock=clock, address="c:9092")
+    for log in (idle, busy, elsewhere):
+        log.opened = True
+    for _ in range(10):
+        for log in (idle, busy, elsewhere):
+            log.error(_kafka_error("_TRANSPORT", "Connect failed: Connection refused"))
+        clock.now += 0.2
+    caplog.clear()
+    busy.connected()  # a delivery of the predictions producer was confirmed
+    ended = [r.getMessage() for r in caplog.records]
+    assert len(ended) == 2 and all("(repeated 9 times" in m for m in ended), ended
+    assert {m.split(":")[0] for m in ended} == {busy.what.split(":")[0], idle.what.split(":")[0]}
+    caplog.clear()
+    idle.flush()  # closing later: nothing stale left
+    assert caplog.records == []
+    elsewhere.flush()  # another broker's outage is not ended by this one
+    assert len(caplog.records) == 1 and "c:9092" in caplog.records[0].getMessage()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -47,8 +48,11 @@ class ClientLog:
     whichever thread polls the client; the throttle is thread-safe.
     """
 
-    def __init__(self, what: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, what: str, clock: Callable[[], float] = time.monotonic, address: str | None = None) -> None:
         self.what = what
+        #: The broker address the client talks to: an outage seen by several clients of one process ends
+        #: for all of them when any of them hears from that broker again (`connected`).
+        self.address = address
         #: Set once the client is open: connection failures are then news, not the reason the open fails.
         self.opened = False
         #: The first refused login or failed TLS handshake: no retry helps, so a wait for the broker
@@ -85,7 +89,10 @@ class ClientLog:
         # Transport errors are retried by librdkafka itself; they explain a later timeout. A refusal
         # while opening is the error the open fails with (`check_refused`), so it is not said twice.
         connection = err.code() in CONNECTION
-        self._disconnected = self._disconnected or connection
+        if connection and not self._disconnected:
+            self._disconnected = True
+            with _OUTAGES_LOCK:
+                _OUTAGES.add(self)
         quiet = not self.opened and (connection or refusal)
         level = logging.DEBUG if quiet else logging.WARNING
         if _log.isEnabledFor(level):
@@ -129,9 +136,21 @@ class ClientLog:
         than at the next such error or at close, where a burst of stale warnings would follow a
         stream that has long been healthy. Cheap while there was no outage: called per batch.
         """
+        self._end_outage()
+        if _OUTAGES and self.address is not None:
+            # A client with nothing to send or commit (the dead-letter producer of a healthy stream)
+            # hears nothing itself for a while; the broker it waits for answered this client.
+            with _OUTAGES_LOCK:
+                siblings = [log for log in _OUTAGES if log.address == self.address]
+            for log in siblings:
+                log._end_outage()
+
+    def _end_outage(self) -> None:
         if not self._disconnected:
             return
         self._disconnected = False
+        with _OUTAGES_LOCK:
+            _OUTAGES.discard(self)
         self._emit(self._throttle.end(_is_connection_error))
 
     def statistics(self, stats: Mapping[str, Any]) -> None:
@@ -150,6 +169,8 @@ class ClientLog:
 
     def flush(self) -> None:
         """Print the repeat counts still pending: when the client closes."""
+        with _OUTAGES_LOCK:
+            _OUTAGES.discard(self)
         self._emit(self._throttle.flush())
 
     def _print(self, key: tuple[object, ...], line: Line) -> None:
@@ -159,6 +180,11 @@ class ClientLog:
         for logger, level, text in lines:
             logging.getLogger(logger).log(level, "%s", self.scrub(text))
 
+
+#: The clients of this process in a connection outage (a connection error since their broker last
+#: answered): `ClientLog.connected` ends theirs too when their broker answers another client.
+_OUTAGES: set[ClientLog] = set()
+_OUTAGES_LOCK = threading.Lock()
 
 _ERROR_EVENT = "error event"  # first part of an error event's throttle key; log lines' keys start with a logger
 

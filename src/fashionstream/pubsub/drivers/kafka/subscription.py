@@ -129,7 +129,7 @@ class KafkaSubscriptionDriver:
                 f"option(s) {', '.join(fixed)} cannot be set: the driver commits offsets itself, only past acked "
                 "messages (at-least-once)"
             )
-        self._client_log = ClientLog(f"kafka consumer of {self._topic!r} at {self._address}")
+        self._client_log = ClientLog(f"kafka consumer of {self._topic!r} at {self._address}", address=self._address)
         config = client_config(
             url,
             options,

@@ -44,7 +44,7 @@ class KafkaTopicDriver:
         self._topic = topic_name(url)
         self._address = bootstrap_servers(url)
         self.name = f"kafka topic {self._topic!r} at {self._address}"
-        self._client_log = ClientLog(f"kafka producer for {self._topic!r} at {self._address}")
+        self._client_log = ClientLog(f"kafka producer for {self._topic!r} at {self._address}", address=self._address)
         config = client_config(
             url,
             options,
