@@ -11,7 +11,6 @@ Set FASHIONSTREAM_BACKLOG_RESULT=path.json to keep the figures (one JSON line pe
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -28,8 +27,9 @@ from prometheus_client import CollectorRegistry, Counter
 from fashionstream.pipeline.metrics import BacklogAge, ServiceMetrics, _BacklogAgeCollector
 from fashionstream.pipeline.producer import encode, labelled_test_images
 from fashionstream.pipeline.topology import Topology
-from fashionstream.pubsub import admin, open_topic
+from fashionstream.pubsub import open_topic
 from service_process import ServiceProcess, no_orphans  # noqa: F401 - the fixture is used by name
+from topologies import delete_topology, unique_topology
 
 REQUESTS = 3000
 STOPPED_S = 3.0
@@ -130,21 +130,11 @@ def test_service_metrics_export_both_gauges_from_the_start() -> None:
 
 @pytest.fixture
 def topology(external_backend: Any, unique_name: Any) -> Iterator[Topology]:
-    made = Topology(
-        external_backend.broker_url,
-        images=unique_name("images"),
-        predictions=unique_name("predictions"),
-        dead_letters=unique_name("images-dlq"),
-        service_subscription=unique_name("model-service"),
-    )
+    made = unique_topology(external_backend.broker_url, unique_name)
     # Two partitions on Kafka, so the age covers batches from partitions behind by different amounts.
     made.create(partitions=2, subscriptions=((made.images, made.service_subscription),), ack_deadline_s=30)
     yield made
-    with contextlib.suppress(Exception):
-        admin.delete_subscription(made.subscription(made.images, made.service_subscription))
-    for name in (made.images, made.predictions, made.dead_letters):
-        with contextlib.suppress(Exception):
-            admin.delete_topic(made.topic(name))
+    delete_topology(made)
 
 
 def scrape(service: ServiceProcess) -> dict[str, float]:

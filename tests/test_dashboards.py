@@ -10,7 +10,6 @@ only exists there). A renamed metric, or a typo in a query, fails this test inst
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import time
@@ -27,6 +26,7 @@ from fashionstream.pipeline.topology import Topology
 from fashionstream.pubsub import admin, open_topic
 from service_process import ServiceProcess, no_orphans  # noqa: F401 - the fixture is used by name
 from test_container import compose_config
+from topologies import delete_topology, unique_topology
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 ALERTS = DEPLOY / "alerts.yml"
@@ -159,19 +159,11 @@ def test_compose_stack_loads_the_alert_rules_and_provisions_grafana() -> None:
 
 @pytest.fixture
 def kafka_topology(kafka_bootstrap: str, unique_name: Any) -> Iterator[Topology]:
-    made = Topology(
-        f"kafka://{kafka_bootstrap}",
-        images=unique_name("images"),
-        predictions=unique_name("predictions"),
-        dead_letters=unique_name("images-dlq"),
-        service_subscription=unique_name("model-service"),
-    )
+    made = unique_topology(f"kafka://{kafka_bootstrap}", unique_name)
     for name in (made.images, made.predictions, made.dead_letters):
         admin.create_topic(made.topic(name), partitions=2)
     yield made
-    for name in (made.images, made.predictions, made.dead_letters):
-        with contextlib.suppress(Exception):
-            admin.delete_topic(made.topic(name))
+    delete_topology(made)
 
 
 @pytest.mark.kafka

@@ -8,7 +8,6 @@ broker whose headers can carry bytes that are not UTF-8) with one request of eac
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import random
@@ -29,9 +28,10 @@ from fashionstream.pipeline.contract import InvalidRequest
 from fashionstream.pipeline.handler import OnnxModelHandler
 from fashionstream.pipeline.producer import png_bytes
 from fashionstream.pipeline.topology import Topology
-from fashionstream.pubsub import admin, open_subscription
+from fashionstream.pubsub import open_subscription
 from fashionstream.reasons import InvalidInput, Reason
 from service_process import ServiceProcess, no_orphans  # noqa: F401 - the fixture is used by name
+from topologies import delete_topology, unique_topology
 
 DEEP = 10_000
 NOT_OURS = "com.example.not-an-image.v9"
@@ -179,14 +179,7 @@ def dead_letter_reader(topology: Topology) -> str:
 
 @pytest.fixture
 def topology(external_backend: Any, unique_name: Any) -> Iterator[Topology]:
-    made = Topology(
-        external_backend.broker_url,
-        images=unique_name("images"),
-        predictions=unique_name("predictions"),
-        dead_letters=unique_name("images-dlq"),
-        service_subscription=unique_name("model-service"),
-        consumer_subscription=unique_name("consumer"),
-    )
+    made = unique_topology(external_backend.broker_url, unique_name)
     made.create(
         subscriptions=(
             (made.images, made.service_subscription),
@@ -195,16 +188,7 @@ def topology(external_backend: Any, unique_name: Any) -> Iterator[Topology]:
         )
     )
     yield made
-    for topic, sub in (
-        (made.images, made.service_subscription),
-        (made.predictions, made.consumer_subscription),
-        (made.dead_letters, dead_letter_reader(made)),
-    ):
-        with contextlib.suppress(Exception):
-            admin.delete_subscription(made.subscription(topic, sub))
-    for name in (made.images, made.predictions, made.dead_letters):
-        with contextlib.suppress(Exception):
-            admin.delete_topic(made.topic(name))
+    delete_topology(made, [(made.dead_letters, dead_letter_reader(made))])
 
 
 Headers = list[tuple[str, str | bytes | None]]  # what a Kafka producer takes

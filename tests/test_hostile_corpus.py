@@ -8,7 +8,6 @@ their 28×28 grey original.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
 from collections import Counter
@@ -23,10 +22,11 @@ from fashionstream.pipeline import contract
 from fashionstream.pipeline.cloudevents import Flavour
 from fashionstream.pipeline.handler import OnnxModelHandler
 from fashionstream.pipeline.topology import Topology
-from fashionstream.pubsub import admin, open_subscription, open_topic
+from fashionstream.pubsub import open_subscription, open_topic
 from fashionstream.reasons import InvalidInput, Reason
 from hostile_inputs import ANSWERED, Case, corpus, expected_counts
 from service_process import ServiceProcess, no_orphans  # noqa: F401 - the fixture is used by name
+from topologies import delete_topology, unique_topology
 
 # --------------------------------------------------------------------------- the corpus itself
 
@@ -72,14 +72,7 @@ def test_each_expectation_matches_the_decode_path(flavour: Flavour) -> None:
 
 @pytest.fixture
 def topology(external_backend: Any, unique_name: Any) -> Iterator[Topology]:
-    made = Topology(
-        external_backend.broker_url,
-        images=unique_name("images"),
-        predictions=unique_name("predictions"),
-        dead_letters=unique_name("images-dlq"),
-        service_subscription=unique_name("model-service"),
-        consumer_subscription=unique_name("consumer"),
-    )
+    made = unique_topology(external_backend.broker_url, unique_name)
     subscriptions = (
         (made.images, made.service_subscription),
         (made.predictions, made.consumer_subscription),
@@ -87,12 +80,7 @@ def topology(external_backend: Any, unique_name: Any) -> Iterator[Topology]:
     )
     made.create(subscriptions=subscriptions)
     yield made
-    for topic, sub in subscriptions:
-        with contextlib.suppress(Exception):
-            admin.delete_subscription(made.subscription(topic, sub))
-    for name in (made.images, made.predictions, made.dead_letters):
-        with contextlib.suppress(Exception):
-            admin.delete_topic(made.topic(name))
+    delete_topology(made, subscriptions)
 
 
 def _send(backend: Any, topology: Topology, cases: list[Case]) -> None:

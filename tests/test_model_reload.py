@@ -9,7 +9,6 @@ topic has one partition, so the order the consumer reads is the order the servic
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -36,6 +35,7 @@ from fashionstream.pipeline.reload import RELOAD_PATH
 from fashionstream.pipeline.topology import Topology
 from fashionstream.pubsub import admin, open_subscription, open_topic
 from service_process import ServiceProcess, no_orphans  # noqa: F401 - the fixture is used by name
+from topologies import delete_topology, unique_topology
 
 IMAGES = 5000
 RATE = 400.0  # images/s: a ~12 s stream, so both reloads happen while requests are still arriving
@@ -105,21 +105,12 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 @pytest.fixture
 def kafka_topology(kafka_bootstrap: str, unique_name: Any) -> Iterator[Topology]:
-    made = Topology(
-        f"kafka://{kafka_bootstrap}",
-        images=unique_name("images"),
-        predictions=unique_name("predictions"),
-        dead_letters=unique_name("images-dlq"),
-        service_subscription=unique_name("model-service"),
-        consumer_subscription=unique_name("consumer"),
-    )
+    made = unique_topology(f"kafka://{kafka_bootstrap}", unique_name)
     # Three partitions of images, so the lag gauge has several; one of predictions, so it keeps order.
     for name, partitions in ((made.images, 3), (made.predictions, 1), (made.dead_letters, 1)):
         admin.create_topic(made.topic(name), partitions=partitions)
     yield made
-    for name in (made.images, made.predictions, made.dead_letters):
-        with contextlib.suppress(Exception):
-            admin.delete_topic(made.topic(name))
+    delete_topology(made)
 
 
 @pytest.mark.kafka

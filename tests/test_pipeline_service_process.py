@@ -7,7 +7,6 @@ exactly as a user would start it; the test is the producer and the consumer.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import threading
@@ -21,8 +20,9 @@ import pytest
 from fashionstream.pipeline.consumer import Tally, read_predictions
 from fashionstream.pipeline.producer import ProduceSummary, labelled_test_images, produce
 from fashionstream.pipeline.topology import Topology
-from fashionstream.pubsub import admin, open_subscription, open_topic
+from fashionstream.pubsub import open_subscription, open_topic
 from service_process import ServiceProcess, no_orphans  # noqa: F401 - the fixture is used by name
+from topologies import delete_topology, unique_topology
 
 REQUESTS = 1200
 RATE = 400.0  # images/s: the stream lasts ~3 s, so the service is stopped while requests are still arriving
@@ -33,23 +33,11 @@ pytestmark = pytest.mark.usefixtures("no_orphans")
 
 @pytest.fixture
 def topology(external_backend: Any, unique_name: Any) -> Iterator[Topology]:
-    made = Topology(
-        external_backend.broker_url,
-        images=unique_name("images"),
-        predictions=unique_name("predictions"),
-        dead_letters=unique_name("images-dlq"),
-        service_subscription=unique_name("model-service"),
-        consumer_subscription=unique_name("consumer"),
-    )
+    made = unique_topology(external_backend.broker_url, unique_name)
     # A short ack deadline so that, on Pub/Sub, what the killed process held comes back within seconds.
     made.create(ack_deadline_s=10)
     yield made
-    for topic, sub in ((made.images, made.service_subscription), (made.predictions, made.consumer_subscription)):
-        with contextlib.suppress(Exception):
-            admin.delete_subscription(made.subscription(topic, sub))
-    for name in (made.images, made.predictions, made.dead_letters):
-        with contextlib.suppress(Exception):
-            admin.delete_topic(made.topic(name))
+    delete_topology(made)
 
 
 def start_producer(topology: Topology) -> tuple[threading.Thread, ProduceSummary]:

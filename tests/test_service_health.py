@@ -10,7 +10,6 @@ Run on real Kafka and on the Pub/Sub emulator.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from fashionstream.pipeline import contract
 from fashionstream.pipeline.topology import Topology
 from fashionstream.pubsub import admin, open_topic
 from service_process import ServiceProcess, no_orphans  # noqa: F401 - the fixture is used by name
+from topologies import delete_topology, unique_topology
 
 pytestmark = [pytest.mark.usefixtures("no_orphans"), pytest.mark.slow]
 
@@ -33,21 +33,10 @@ PROBE_ARGS = ["--topic-check-interval", str(CHECK_INTERVAL_S), "--stall-timeout"
 
 @pytest.fixture
 def topology(external_backend: Any, unique_name: Any) -> Iterator[Topology]:
-    made = Topology(
-        external_backend.broker_url,
-        images=unique_name("images"),
-        predictions=unique_name("predictions"),
-        dead_letters=unique_name("images-dlq"),
-        service_subscription=unique_name("model-service"),
-        consumer_subscription=unique_name("consumer"),
-    )
+    made = unique_topology(external_backend.broker_url, unique_name)
     made.create(ack_deadline_s=10)
     yield made
-    with contextlib.suppress(Exception):
-        admin.delete_subscription(made.subscription(made.images, made.service_subscription))
-    for name in (made.images, made.predictions, made.dead_letters):
-        with contextlib.suppress(Exception):
-            admin.delete_topic(made.topic(name))
+    delete_topology(made)
 
 
 def probe(service: ServiceProcess, path: str) -> tuple[int, dict[str, Any]]:

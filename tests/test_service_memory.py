@@ -26,8 +26,9 @@ import pytest
 
 from fashionstream.pipeline import contract
 from fashionstream.pipeline.topology import Topology
-from fashionstream.pubsub import admin, open_topic
+from fashionstream.pubsub import open_topic
 from service_process import ServiceProcess, no_orphans  # noqa: F401 - the fixture is used by name
+from topologies import delete_topology, unique_topology
 
 pytestmark = [pytest.mark.usefixtures("no_orphans"), pytest.mark.slow]
 
@@ -51,22 +52,10 @@ def rss_bytes(pid: int) -> int:
 
 @pytest.fixture
 def topology(external_backend: Any, unique_name: Any) -> Iterator[Topology]:
-    made = Topology(
-        external_backend.broker_url,
-        images=unique_name("images"),
-        predictions=unique_name("predictions"),
-        dead_letters=unique_name("images-dlq"),
-        service_subscription=unique_name("model-service"),
-        consumer_subscription=unique_name("consumer"),
-    )
+    made = unique_topology(external_backend.broker_url, unique_name)
     made.create(ack_deadline_s=10)
     yield made
-    for topic, sub in ((made.images, made.service_subscription), (made.predictions, made.consumer_subscription)):
-        with contextlib.suppress(Exception):
-            admin.delete_subscription(made.subscription(topic, sub))
-    for name in (made.images, made.predictions, made.dead_letters):
-        with contextlib.suppress(Exception):
-            admin.delete_topic(made.topic(name))
+    delete_topology(made)
 
 
 def test_oversize_flood_is_dead_lettered_in_bounded_memory(
