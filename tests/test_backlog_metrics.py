@@ -227,3 +227,25 @@ def test_backlog_age_and_estimate_rise_while_a_backlog_drains_and_fall_to_0(
     assert end["fashionstream_backlog_age_seconds"] == 0, figures
     assert end["fashionstream_backlog_estimate_messages"] == 0, figures
     assert settled is not None, figures
+
+
+def test_metrics_endpoint_returns_only_the_series_asked_for_by_name() -> None:
+    """`/metrics?name[]=...` (Prometheus' client convention): a poller of one counter gets that counter only."""
+    import urllib.request
+
+    from fashionstream.pipeline.metrics import Health, MetricsServer
+
+    metrics = ServiceMetrics()
+    metrics.acked.inc(7)
+    server = MetricsServer(metrics.registry, Health(), "127.0.0.1", 0).start()
+    try:
+        base = f"http://127.0.0.1:{server.port}/metrics"
+        with urllib.request.urlopen(base + "?name[]=fashionstream_acked_total", timeout=10) as response:
+            chosen = response.read().decode()
+        with urllib.request.urlopen(base, timeout=10) as response:
+            everything = response.read().decode()
+    finally:
+        server.close()
+    samples = [line for line in chosen.splitlines() if not line.startswith("#")]
+    assert samples == ["fashionstream_acked_total 7.0"]
+    assert "fashionstream_messages_in_total" in everything and "process_cpu_seconds_total" in everything

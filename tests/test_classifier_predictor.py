@@ -196,3 +196,14 @@ def test_a_shipped_model_is_found_by_its_name() -> None:
     int8 = Predictor.load("fashion-cnn-int8")
     assert int8.model_id.startswith("fashion-cnn-int8@")
     assert Predictor.load("fashion-cnn").model_id == Predictor.load().model_id
+
+
+def test_the_service_handler_turns_off_spin_waiting_and_a_plain_load_keeps_it() -> None:
+    """Busy-waiting pool threads would hold the core the service's own thread and the broker need."""
+    from fashionstream.pipeline.handler import OnnxModelHandler
+
+    def spinning(predictor: Predictor) -> str:
+        return predictor._session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+    assert spinning(OnnxModelHandler().load_model()) == "0"
+    assert spinning(Predictor.load()) == "1"

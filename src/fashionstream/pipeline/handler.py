@@ -76,7 +76,8 @@ class OnnxModelHandler:
     def load_model(self) -> Predictor:
         from fashionstream.classifier.predictor import Predictor
 
-        return Predictor.load(self.path, threads=self.threads)
+        # No busy-waiting between batches: the service's own thread and the broker need that core.
+        return Predictor.load(self.path, threads=self.threads, spin_wait=False)
 
     def model_id(self, model: Predictor) -> str:
         return model.model_id

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -391,8 +392,8 @@ class Health:
 
 
 class MetricsServer:
-    """Serves `/metrics` (Prometheus text format), `/livez` = `/healthz` and `/readyz` (JSON; 200 yes,
-    503 no; see `Health`) on a thread.
+    """Serves `/metrics` (Prometheus text format; `?name[]=` picks series), `/livez` = `/healthz` and
+    `/readyz` (JSON; 200 yes, 503 no; see `Health`) on a thread.
 
     `actions` are POST routes (path -> action), e.g. the model reload; each answers with JSON.
     """
@@ -423,9 +424,13 @@ class MetricsServer:
                 self.wfile.write(body)
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                path = self.path.split("?", 1)[0]
+                path, _, query = self.path.partition("?")
                 if path == "/metrics":
-                    body, ctype, code = generate_latest(registry_ref), CONTENT_TYPE_LATEST, 200
+                    # `?name[]=a&name[]=b` returns only those series, as Prometheus' own client does: a
+                    # watcher polling one counter often then does not pay for reading /proc each time.
+                    names = parse_qs(query).get("name[]")
+                    chosen = registry_ref.restricted_registry(names) if names else registry_ref
+                    body, ctype, code = generate_latest(chosen), CONTENT_TYPE_LATEST, 200
                 elif path in ("/healthz", "/livez", "/readyz"):
                     ok, doc = health_ref.readiness() if path == "/readyz" else health_ref.status()
                     body, ctype, code = json.dumps(doc).encode(), "application/json", 200 if ok else 503

@@ -237,6 +237,9 @@ class ModelService:
             self.metrics.backlog_age.received(messages, timeout > 0)
             if not messages and len(self._batcher) == 0 and self._pending_messages == 0:
                 self.health.idle()  # nothing waits: an idle, healthy service is making progress
+            if messages:  # counted once per receive: each counter update takes a lock
+                self.metrics.messages_in.inc(len(messages))
+                self.metrics.in_flight.inc(len(messages))
             for message in messages:
                 full = self._accept(message)
                 if full:
@@ -296,8 +299,6 @@ class ModelService:
     # ------------------------------------------------------------------ steps
 
     def _accept(self, message: InboundMessage) -> list[_Item] | None:
-        self.metrics.messages_in.inc()
-        self.metrics.in_flight.inc()
         if self._redelivered(message):
             self.metrics.redelivered.inc()
             failed = self._failed_attempts(message)
