@@ -16,11 +16,13 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from fashionstream.pubsub import Message, errors, open_subscription, open_topic
 from fashionstream.pubsub.driver import ErrorCode, FlowControl, IncomingMessage, OutgoingMessage, ParsedURL
 from fashionstream.pubsub.drivers import kafka
 from fashionstream.pubsub.drivers.kafka import client as kafka_client
+from fashionstream.pubsub.drivers.kafka import errors as kafka_errors
 from fashionstream.pubsub.drivers.kafka.admin import KafkaAdminDriver
 from fashionstream.pubsub.drivers.kafka.offsets import PartitionOffsets
 from fashionstream.pubsub.drivers.kafka.subscription import KafkaSubscriptionDriver, fetch_limits
@@ -272,6 +274,20 @@ def test_too_large_message_is_invalid_argument_and_not_retryable(bootstrap: str,
         assert pub.is_retryable(caught.value) is False
     finally:
         pub.close()
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [("COORDINATOR_LOAD_IN_PROGRESS", True), ("_TIMED_OUT", True), ("UNKNOWN_TOPIC_OR_PART", False),
+     ("MSG_SIZE_TOO_LARGE", False)],
+)  # fmt: skip
+def test_a_portable_error_is_retried_as_its_native_cause_would_be(code: str, expected: bool) -> None:
+    """The admin client reports librdkafka errors as portable ones; a fresh broker's loading coordinator is retried."""
+    native = KafkaException(KafkaError(getattr(KafkaError, code)))
+    portable = kafka_client.portable(native, "describing consumer group 'g'")
+    portable.__cause__ = native  # as `raise portable(...) from err` sets it
+    assert kafka_errors.retryable(native) is expected
+    assert kafka_errors.retryable(portable) is expected
 
 
 def test_options_that_would_break_at_least_once_are_refused(bootstrap: str, topic: str) -> None:

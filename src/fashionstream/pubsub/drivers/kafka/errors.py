@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from confluent_kafka import KafkaError, KafkaException
 
-from fashionstream.pubsub.errors import ErrorCode
+from fashionstream.pubsub.errors import ErrorCode, PubSubError
 
 
 def _code(name: str) -> int | None:
@@ -80,7 +80,14 @@ def classify(error: BaseException) -> ErrorCode:
 
 
 def retryable(error: BaseException) -> bool:
-    """Transient broker trouble is worth another try; a missing topic or a bad message is not."""
+    """Transient broker trouble is worth another try; a missing topic or a bad message is not.
+
+    A portable error that this driver raised from a native one is judged by that native error: the
+    admin client turns librdkafka's errors into portable ones at once, and a coordinator still loading
+    on a freshly started broker (COORDINATOR_LOAD_IN_PROGRESS) must be retried, not reported.
+    """
+    if isinstance(error, PubSubError) and error.__cause__ is not None:
+        return retryable(error.__cause__)
     kerr = kafka_error(error)
     if kerr is not None:
         if kerr.fatal():  # the idempotent producer is unusable; only a new client helps
