@@ -265,6 +265,16 @@ def test_unreachable_broker_gives_one_clear_error_not_a_log_flood(
     assert len(stderr.splitlines()) <= 2, stderr
 
 
+def test_an_opened_producer_has_its_id_and_keeps_the_callers_debug_contexts(bootstrap: str, topic: str) -> None:
+    """A message produced before the idempotent producer's id waits for a 500 ms timer: the open waits instead."""
+    pub = kafka.open_topic_driver(_url(bootstrap, topic), {"debug": "broker"})
+    try:
+        assert pub.has_producer_id
+        assert pub.send_batch([OutgoingMessage(data=b"first")], 10.0)[0].startswith(f"{topic}/0/")
+    finally:
+        pub.close()
+
+
 def test_too_large_message_is_invalid_argument_and_not_retryable(bootstrap: str, topic: str) -> None:
     pub = kafka.open_topic_driver(_url(bootstrap, topic), {})
     try:

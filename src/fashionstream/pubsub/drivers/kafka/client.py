@@ -63,10 +63,15 @@ class ClientLog:
         #: A connection error came since the broker last answered (see `connected`).
         self._disconnected = False
         self._throttle = LineThrottle(what, clock=clock)
+        #: Called with (facility, text) for every log line, before any filtering: how a driver hears of a
+        #: client state that librdkafka reports only in its log (the idempotent producer's id, `topic`).
+        self.watch: Callable[[str, str], None] | None = None
 
     def log(self, level: int, fmt: str, *args: object) -> None:
         """librdkafka's log lines (confluent-kafka's `logger` interface: fmt "%s [%s] %s", facility first)."""
         facility = args[0] if args else ""
+        if self.watch is not None and args:
+            self.watch(str(facility), str(args[-1]))
         if facility == "FAIL":
             # librdkafka reports each failed broker connection twice, in one go: as this FAIL line
             # and as an error event (`error` below) with the same words. The error event is the one

@@ -31,6 +31,13 @@ from fashionstream.pubsub.publisher import PublisherSettings
 
 Headers = dict[str, str | bytes | None]
 
+#: Longest wait, when opening, for the idempotent producer's id. librdkafka asks for it as soon as the
+#: broker connection is up (the open's topic check makes it so) and has it a millisecond later; a
+#: message produced before it arrives waits for librdkafka's next 500 ms timer instead (librdkafka
+#: PR #5032), which put half a second on the first answers of every freshly opened producer. The
+#: wait is bounded: past that timer the id has come anyway.
+PRODUCER_ID_WAIT_S = 0.6
+
 
 def _headers(attributes: Mapping[str, str]) -> Headers:
     """The attributes as the client's headers: the publisher's dict as it is, any other mapping copied."""
@@ -45,6 +52,10 @@ class KafkaTopicDriver:
         self._address = bootstrap_servers(url)
         self.name = f"kafka topic {self._topic!r} at {self._address}"
         self._client_log = ClientLog(f"kafka producer for {self._topic!r} at {self._address}", address=self._address)
+        # The idempotent producer's id is reported only in librdkafka's "eos" debug log (a handful of
+        # lines per producer, none per message): watched so that the open can wait for it.
+        self._has_producer_id = threading.Event()
+        self._client_log.watch = self._on_log_line
         config = client_config(
             url,
             options,
@@ -67,9 +78,13 @@ class KafkaTopicDriver:
                 # it logged is over (`ClientLog.statistics`).
                 "statistics.interval.ms": 5_000,
                 "stats_cb": self._on_stats,
+                "debug": "eos",
             },
             self._client_log,
         )
+        idempotent = str(config.get("enable.idempotence")).lower() in ("true", "1")
+        if "eos" not in str(config["debug"]).split(","):  # the caller's own debug contexts, plus eos
+            config["debug"] = f"{config['debug']},eos"
         self._producer: Producer = make_client(Producer, config, self.name)
         check_topic(self._producer, self._client_log, self._topic, self._address, f"opening {self.name}")
         self._client_log.opened = True
@@ -78,6 +93,19 @@ class KafkaTopicDriver:
         self._closing = threading.Event()
         self._reporter = threading.Thread(target=self._serve_reports, name="kafka-delivery-reports", daemon=True)
         self._reporter.start()
+        if idempotent:
+            # The reporting thread's polls serve the log lines; see PRODUCER_ID_WAIT_S.
+            self._has_producer_id.wait(PRODUCER_ID_WAIT_S)
+
+    @property
+    def has_producer_id(self) -> bool:
+        """Whether the idempotent producer has its id, so that a message sent now goes out at once."""
+        return self._has_producer_id.is_set()
+
+    def _on_log_line(self, facility: str, text: str) -> None:
+        # "Idempotent producer state change WaitPID -> Assigned"; again after an epoch bump.
+        if facility == "IDEMPSTATE" and text.endswith("-> Assigned"):
+            self._has_producer_id.set()
 
     def _on_stats(self, stats_json: str) -> None:
         # Served by the reporting thread's poll, like the delivery callbacks. Parsed only when needed.
