@@ -129,6 +129,13 @@ def encode(image: SourceImage, flavour: Flavour, fmt: str, request_id: str | Non
     )
 
 
+#: A paced producer wakes at most this often (the publisher's linger): what fell due since the last
+#: wake goes out as one batch. Each wake costs several thread hand-overs in this process and in the
+#: Kafka client (about 0.5 ms of CPU per message at 500 images/s when every message had its own);
+#: slower than one message per tick, each still goes out alone, at its time.
+PACING_TICK_S = PublisherSettings.linger
+
+
 def produce(
     publisher: Any,
     images: Iterable[SourceImage],
@@ -142,21 +149,32 @@ def produce(
 ) -> ProduceSummary:
     """Send every image; wait until the broker confirmed them all (or `flush_timeout`).
 
+    Flat out, each image goes to `publisher.send`, and the publisher gathers batches. Paced at
+    `rate` images/s, the images due at each wake (`PACING_TICK_S`) go out together with
+    `send_batch`, without the publisher's linger: nothing else would come to join them in time.
     Pass `summary` to watch it fill while sending (the demo's consumer reads `expected`/`sent_at` live).
     """
     summary = summary if summary is not None else ProduceSummary()
-    futures: list[Future[Any]] = []
-    # Paced slower than the publisher's linger, no other message comes in time to share a batch with
-    # this one: lingering would only add latency, so each goes out at once as a batch of one. Faster,
-    # lingering gathers a few per batch, which costs less CPU per message.
-    alone = rate is not None and 1.0 / rate > PublisherSettings.linger
+    futures: list[tuple[Future[Any], int]] = []  # each with how many requests it confirms
+    due: list[tuple[bytes, dict[str, str], str | None]] = []
+
+    def send_due() -> None:
+        if due:
+            futures.append((publisher.send_batch(list(due)), len(due)))
+            due.clear()
+
     started = time.perf_counter()
+    woke = started
     for index, image in enumerate(images):
         if rate:
-            # Pace against the start time, not per message, so slow sends do not accumulate drift.
-            delay = started + index / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
+            # Paced against the start time, not per message, so slow sends do not accumulate drift.
+            at = started + index / rate
+            if at > time.perf_counter():
+                send_due()
+                delay = max(at, woke + PACING_TICK_S) - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                woke = time.perf_counter()
         encoded = encode(image, flavour, fmt)
         assert encoded.key is not None
         # Recorded before sending so a fast answer never arrives before its bookkeeping.
@@ -164,19 +182,20 @@ def produce(
         summary.sent_at[encoded.key] = datetime.now(UTC)
         if image.expected_label is not None:
             summary.expected[encoded.key] = image.expected_label
-        if alone:
-            futures.append(publisher.send_batch([(encoded.data, encoded.attributes, encoded.key)]))
+        if rate:
+            due.append((encoded.data, encoded.attributes, encoded.key))
         else:
-            futures.append(publisher.send(encoded.data, encoded.attributes, key=encoded.key))
+            futures.append((publisher.send(encoded.data, encoded.attributes, key=encoded.key), 1))
         summary.sent += 1
         if progress is not None:
             progress.update(1)
+    send_due()
     publisher.flush(flush_timeout)
-    for future in futures:
+    for future, count in futures:
         try:
             future.result(timeout=max(0.1, flush_timeout - (time.perf_counter() - started)))
-            summary.confirmed += 1
+            summary.confirmed += count
         except Exception:  # noqa: BLE001 - counted and reported, the rest still count
-            summary.failed += 1
+            summary.failed += count
     summary.seconds = time.perf_counter() - started
     return summary
