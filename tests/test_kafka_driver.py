@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from fashionstream.pubsub import Message, errors, open_subscription, open_topic
 from fashionstream.pubsub.driver import ErrorCode, FlowControl, IncomingMessage, OutgoingMessage, ParsedURL
@@ -163,6 +163,27 @@ def test_commit_advances_to_the_first_unacked_message(bootstrap: str, topic: str
     sub = kafka.open_subscription_driver(url, {})
     try:
         assert [m.data for m in _receive(sub, 2)] == [b"c", b"d"]
+    finally:
+        sub.close()
+
+
+def test_a_commit_within_the_interval_waits_and_goes_with_the_next_receive(bootstrap: str, topic: str) -> None:
+    """Commits go at most every COMMIT_INTERVAL_S; one that waited is sent without another ack."""
+    from fashionstream.pubsub.drivers.kafka import subscription as kafka_subscription
+
+    _send(bootstrap, topic, [b"a", b"b"])
+    sub = kafka.open_subscription_driver(_url(bootstrap, topic, "g-interval"), {})
+    try:
+        a, b = _receive(sub, 2)
+        sub.send_acks([a.ack_id])  # the first commit goes at once (position 1)
+        sub.send_acks([b.ack_id])  # the second is within the interval: it waits
+        partition = [TopicPartition(topic, 0)]
+        assert sub._consumer.committed(partition, timeout=10)[0].offset != 2
+        time.sleep(kafka_subscription.COMMIT_INTERVAL_S)
+        deadline = time.monotonic() + 10
+        while sub._consumer.committed(partition, timeout=10)[0].offset != 2:
+            assert time.monotonic() < deadline, "the waiting commit was never sent"
+            assert sub.receive_batch(1, 0.05) == []  # receiving sends it, and serves its result
     finally:
         sub.close()
 
