@@ -90,10 +90,9 @@ def read_plain_grey(data: bytes, max_pixels: int = 1 << 20) -> npt.NDArray[np.ui
         return None
     if len(raw) != height * (width + 1) or not decompressor.eof:
         return None
-    rows = np.frombuffer(raw, dtype=np.uint8).reshape(height, width + 1)
-    if rows[:, 0].any():
+    if raw[:: width + 1].strip(b"\0"):  # each row's filter-type byte (a bytes slice: cheaper than numpy)
         return None  # filtered rows: the general decoder undoes the filters
-    return rows[:, 1:].copy()
+    return np.frombuffer(raw, dtype=np.uint8).reshape(height, width + 1)[:, 1:].copy()
 
 
 __all__ = ["read_plain_grey", "write_plain_grey"]

@@ -45,10 +45,15 @@ class Flavour(enum.Enum):
         return cls(parse_broker(broker_url).cloudevents_prefix)
 
 
+#: Both bindings' prefixes, in a tuple: iterating the enum itself costs more than the lookups (every
+#: request has its attributes read about ten times).
+_PREFIXES = tuple(flavour.prefix for flavour in Flavour)
+
+
 def attribute(attributes: Mapping[str, str], name: str) -> str | None:
     """A CloudEvents attribute under either binding's spelling."""
-    for flavour in Flavour:
-        value = attributes.get(flavour.prefix + name)
+    for prefix in _PREFIXES:
+        value = attributes.get(prefix + name)
         if value is not None:
             return value
     return None
@@ -84,8 +89,13 @@ def content_type(attributes: Mapping[str, str]) -> str:
 def trace_context(attributes: Mapping[str, str]) -> dict[str, str]:
     """`traceparent` / `tracestate` of a message, as a CloudEvents extension or as plain W3C headers."""
     found = {}
+    lowered: dict[str, str] | None = None  # the headers by lower-case name, made only if needed
     for name in TRACE_ATTRIBUTES:
-        value = attribute(attributes, name) or header(attributes, name)
+        value = attribute(attributes, name) or attributes.get(name)
+        if not value:
+            if lowered is None:
+                lowered = {key.lower(): candidate for key, candidate in attributes.items()}
+            value = lowered.get(name)
         if value:
             found[name] = value
     return found
