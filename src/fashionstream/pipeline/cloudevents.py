@@ -89,13 +89,8 @@ def content_type(attributes: Mapping[str, str]) -> str:
 def trace_context(attributes: Mapping[str, str]) -> dict[str, str]:
     """`traceparent` / `tracestate` of a message, as a CloudEvents extension or as plain W3C headers."""
     found = {}
-    lowered: dict[str, str] | None = None  # the headers by lower-case name, made only if needed
     for name in TRACE_ATTRIBUTES:
-        value = attribute(attributes, name) or attributes.get(name)
-        if not value:
-            if lowered is None:
-                lowered = {key.lower(): candidate for key, candidate in attributes.items()}
-            value = lowered.get(name)
+        value = attribute(attributes, name) or header(attributes, name)
         if value:
             found[name] = value
     return found

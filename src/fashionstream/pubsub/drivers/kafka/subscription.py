@@ -210,15 +210,18 @@ class KafkaSubscriptionDriver:
         else:
             self._client_log.connected()  # the group coordinator answered: any connection outage is over
 
+    def _commit_soon(self) -> None:
+        """Commit every partition's acked prefix asynchronously, or, within COMMIT_INTERVAL_S of the last
+        commit, leave it to the first receive or ack after the interval."""
+        now = time.monotonic()
+        if now < self._next_commit:
+            self._commit_waiting = True
+            return
+        self._next_commit = now + COMMIT_INTERVAL_S
+        self._commit_waiting = False
+        self._commit(list(self._partitions), asynchronous=True)
+
     def _commit(self, keys: Sequence[tuple[str, int]], *, asynchronous: bool) -> None:
-        if asynchronous:
-            now = time.monotonic()
-            if now < self._next_commit:
-                self._commit_waiting = True  # sent by the first receive or ack after the interval
-                return
-            self._next_commit = now + COMMIT_INTERVAL_S
-            self._commit_waiting = False
-            keys = list(self._partitions)  # including partitions whose commit waited
         offsets = []
         for key in keys:
             state = self._partitions.get(key)
@@ -275,8 +278,8 @@ class KafkaSubscriptionDriver:
     def receive_batch(self, max_messages: int, timeout: float) -> list[IncomingMessage]:
         if self._closed:
             raise RuntimeError(f"{self.name}: consumer closed")
-        if self._commit_waiting and time.monotonic() >= self._next_commit:
-            self._commit([], asynchronous=True)
+        if self._commit_waiting:
+            self._commit_soon()
         consumer, wanted = self._consumer, max(1, max_messages)
         # consume() with a timeout waits for a full batch; a caller waiting for messages wants the
         # first one at once. So: what is already fetched, else one message as soon as it comes,
@@ -373,16 +376,16 @@ class KafkaSubscriptionDriver:
         return [m for m in messages if id(m) not in moved]
 
     def send_acks(self, ack_ids: Sequence[Hashable]) -> None:
-        moved: list[tuple[str, int]] = []
+        moved = False
         partitions = self._partitions
         for key, offsets in _by_partition(ack_ids).items():
             state = partitions.get(key)
             # Acks for partitions no longer ours, or for deliveries already rewound, change nothing.
             if state is not None and state.ack_all(offsets):
-                moved.append(key)
+                moved = True
         if moved:
             # Asynchronous: the next poll serves the result; a lost commit only means redelivery.
-            self._commit(sorted(moved), asynchronous=True)
+            self._commit_soon()
 
     def can_nack(self) -> bool:
         return True

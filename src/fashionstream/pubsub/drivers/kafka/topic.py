@@ -78,13 +78,13 @@ class KafkaTopicDriver:
                 # it logged is over (`ClientLog.statistics`).
                 "statistics.interval.ms": 5_000,
                 "stats_cb": self._on_stats,
-                "debug": "eos",
             },
             self._client_log,
         )
         idempotent = str(config.get("enable.idempotence")).lower() in ("true", "1")
-        if "eos" not in str(config["debug"]).split(","):  # the caller's own debug contexts, plus eos
-            config["debug"] = f"{config['debug']},eos"
+        if idempotent:
+            contexts = [c for c in str(config.get("debug", "")).split(",") if c]  # the caller's own, if any
+            config["debug"] = ",".join(contexts if "eos" in contexts else [*contexts, "eos"])
         self._producer: Producer = make_client(Producer, config, self.name)
         check_topic(self._producer, self._client_log, self._topic, self._address, f"opening {self.name}")
         self._client_log.opened = True
