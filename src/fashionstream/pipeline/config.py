@@ -168,7 +168,11 @@ class ModelConfig:
         default_text="the shipped model",
     )
     threads: int | None = option(
-        None, "ONNX Runtime intra-op threads", minimum=1, default_text="the predictor's choice for this machine"
+        None,
+        "ONNX Runtime intra-op threads for large batches; small ones, which mean the model keeps up, run on "
+        "one thread to leave the other cores to the broker client",
+        minimum=1,
+        default_text="the predictor's choice for this machine",
     )
 
 
