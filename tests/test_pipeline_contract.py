@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 
 import pytest
@@ -114,6 +115,74 @@ def test_prediction_round_trip_and_attributes() -> None:
     )  # fmt: skip
     assert decoded.correct is True
     assert len(decoded.prediction.probabilities) == 10
+
+
+def _model_answers(count: int) -> list[tuple[contract.Request, Prediction]]:
+    """Requests and predictions as the model service has them: float32 softmax scores, odd ids, traces."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    answers = []
+    for i in range(count):
+        scores = rng.dirichlet(np.full(10, 0.2)).astype(np.float32)  # many near 0, one near 1
+        label = int(scores.argmax())
+        prediction = Prediction(label, f'class "{label}" \u00e9', float(scores[label]), tuple(scores.tolist()))
+        trace = {"traceparent": f"00-{i:032x}-{i:016x}-01"} if i % 2 else {}
+        request = contract.Request(
+            f'id-{i}-\u00fc"',
+            b"png",
+            contract.PNG,
+            i % 10 if i % 3 else None,
+            None if i % 4 else "2026-01-01T00:00:00Z",
+            trace=trace,
+        )
+        answers.append((request, prediction))
+    return answers
+
+
+@pytest.mark.parametrize("flavour", [Flavour.KAFKA, Flavour.PUBSUB])
+def test_a_batch_of_answers_is_encoded_as_each_answer_alone_would_be(flavour: Flavour) -> None:
+    answers = _model_answers(50)
+    encoded = contract.encode_predictions(answers, "fashion-cnn@abc", flavour)
+    assert len(encoded) == len(answers)
+    predicted_at = json.loads(encoded[0][0])["predicted_at"]  # one time for the batch, classified together
+    for (request, prediction), (data, attributes, key) in zip(answers, encoded, strict=True):
+        event = dataclasses.replace(contract.answer(request, prediction, "fashion-cnn@abc"), predicted_at=predicted_at)
+        alone = contract.encode_prediction(event, flavour, trace=request.trace)
+        assert (data, attributes, key) == (alone.data, alone.attributes, alone.key)
+    assert contract.encode_predictions([], "m", flavour) == []
+
+
+def test_a_prediction_body_carries_its_numbers_rounded_to_six_decimals() -> None:
+    """The body is built by hand for speed: it must parse as the JSON a dict of rounded numbers would be."""
+    for request, prediction in _model_answers(200):
+        event = contract.answer(request, prediction, "fashion-cnn@abc")
+        body = json.loads(event.to_json())
+        assert body == {
+            "id": request.id,
+            "label": prediction.label,
+            "class_name": prediction.class_name,
+            "confidence": round(prediction.confidence, 6),
+            "probabilities": [round(p, 6) for p in prediction.probabilities],
+            "model": "fashion-cnn@abc",
+            "expected_label": request.expected_label,
+            "request_time": request.time,
+            "predicted_at": event.predicted_at,
+            "version": contract.CONTRACT_VERSION,
+        }
+        assert all(isinstance(p, float) for p in body["probabilities"])
+        assert contract.decode_prediction(event.to_json()) == event.__class__(
+            event.id,
+            dataclasses.replace(
+                prediction,
+                confidence=round(prediction.confidence, 6),
+                probabilities=tuple(round(p, 6) for p in prediction.probabilities),
+            ),
+            event.model,
+            event.expected_label,
+            event.request_time,
+            event.predicted_at,
+        )
 
 
 @pytest.mark.parametrize(

@@ -34,8 +34,10 @@ import binascii
 import json
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
+from json.encoder import encode_basestring_ascii as _json_text
 from typing import Any
 
 from fashionstream.classifier.predictor import Prediction
@@ -311,22 +313,51 @@ class PredictionEvent:
         return None if self.expected_label is None else self.expected_label == self.prediction.label
 
     def to_json(self) -> bytes:
-        p = self.prediction
-        return json.dumps(
-            {
-                "id": self.id,
-                "label": p.label,
-                "class_name": p.class_name,
-                "confidence": round(p.confidence, 6),
-                "probabilities": [round(x, 6) for x in p.probabilities],
-                "model": self.model,
-                "expected_label": self.expected_label,
-                "request_time": self.request_time,
-                "predicted_at": self.predicted_at,
-                "version": self.version,
-            },
-            separators=(",", ":"),
-        ).encode()
+        return _prediction_json(
+            self.id,
+            self.prediction,
+            _json_text(self.model),
+            self.expected_label,
+            self.request_time,
+            _json_text(self.predicted_at),
+            _json_text(self.version),
+        )
+
+
+@lru_cache(maxsize=8)
+def _six_decimals(count: int) -> str:
+    """A %-format for `count` numbers with six decimals, comma-separated."""
+    return ",".join(["%.6f"] * count)
+
+
+def _prediction_json(
+    request_id: str,
+    prediction: Prediction,
+    model_json: str,
+    expected_label: int | None,
+    request_time: str | None,
+    predicted_at_json: str,
+    version_json: str,
+) -> bytes:
+    """A prediction's JSON body: the one layout (docs/pipeline.md), compact, numbers with six decimals.
+
+    Written with one %-format rather than `json.dumps` of a dict of rounded numbers, which cost about
+    four times as much CPU (~30 µs per answer, a tenth of what the model service spends around an
+    image). "%.6f" rounds the exact value half to even, as `round(x, 6)` does, so the numbers mean the
+    same. The `_json` arguments are JSON strings already, shared by a batch.
+    """
+    probabilities = prediction.probabilities
+    numbers = _six_decimals(len(probabilities) + 1) % (prediction.confidence, *probabilities)
+    confidence, _, probabilities_text = numbers.partition(",")
+    expected = "null" if expected_label is None else str(int(expected_label))
+    time = "null" if request_time is None else _json_text(request_time)
+    return (
+        f'{{"id":{_json_text(request_id)},"label":{int(prediction.label)},'
+        f'"class_name":{_json_text(prediction.class_name)},"confidence":{confidence},'
+        f'"probabilities":[{probabilities_text}],"model":{model_json},'
+        f'"expected_label":{expected},"request_time":{time},'
+        f'"predicted_at":{predicted_at_json},"version":{version_json}}}'
+    ).encode()
 
 
 def answer(request: Request, prediction: Prediction, model: str) -> PredictionEvent:
@@ -340,19 +371,49 @@ def encode_prediction(
     """A prediction event. Its CE id is the request id: with its own `source`, (source, id) is unique
     per request, and a re-sent prediction after a crash is recognisably the same event. `trace`
     (the request's traceparent / tracestate) continues the request's distributed trace."""
-    p = flavour.prefix
+    attributes = _prediction_attributes(flavour.prefix, event.id, event.predicted_at, source, trace)
+    return EncodedMessage(event.to_json(), attributes, event.id)
+
+
+def encode_predictions(
+    answers: Sequence[tuple[Request, Prediction]], model: str, flavour: Flavour, *, source: str = SERVICE_SOURCE
+) -> list[tuple[bytes, dict[str, str], str]]:
+    """The messages answering a classified batch, (data, attributes, key) each: the same as
+    `encode_prediction(answer(request, prediction, model), flavour, trace=request.trace)` per answer,
+    but with one `predicted_at` for the batch (classified together) and no event object per answer."""
+    predicted_at = now_rfc3339()
+    model_json, predicted_at_json, version_json = (
+        _json_text(model),
+        _json_text(predicted_at),
+        _json_text(CONTRACT_VERSION),
+    )
+    prefix = flavour.prefix
+    out = []
+    for request, prediction in answers:
+        body = _prediction_json(
+            request.id, prediction, model_json, request.expected_label, request.time, predicted_at_json, version_json
+        )
+        attributes = _prediction_attributes(prefix, request.id, predicted_at, source, request.trace)
+        out.append((body, attributes, request.id))
+    return out
+
+
+def _prediction_attributes(
+    prefix: str, request_id: str, predicted_at: str, source: str, trace: Mapping[str, str] | None
+) -> dict[str, str]:
     attributes = {
-        f"{p}specversion": SPEC_VERSION,
-        f"{p}id": event.id,
-        f"{p}type": PREDICTION_TYPE,
-        f"{p}source": source,
-        f"{p}subject": event.id,
-        f"{p}time": event.predicted_at,
+        f"{prefix}specversion": SPEC_VERSION,
+        f"{prefix}id": request_id,
+        f"{prefix}type": PREDICTION_TYPE,
+        f"{prefix}source": source,
+        f"{prefix}subject": request_id,
+        f"{prefix}time": predicted_at,
         CONTENT_TYPE: JSON,
     }
-    for name, value in (trace or {}).items():
-        attributes[f"{p}{name}"] = value
-    return EncodedMessage(event.to_json(), attributes, event.id)
+    if trace:
+        for name, value in trace.items():
+            attributes[f"{prefix}{name}"] = value
+    return attributes
 
 
 def _number(value: Any, name: str) -> float:

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from fashionstream.classifier.predictor import Prediction
 from fashionstream.pipeline import contract
 from fashionstream.pipeline.batcher import Failed, MicroBatcher, run_isolating_failures
 from fashionstream.pipeline.cloudevents import parse_time
@@ -382,19 +383,18 @@ class ModelService:
         self.metrics.inference_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(batch))
         answered: list[InboundMessage] = []
-        outgoing: list[tuple[bytes, dict[str, str], str | None]] = []
+        answers: list[tuple[Request, Prediction]] = []
         request_times: list[datetime | None] = []
         for item, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, Failed):
                 log.warning("model failed on request %s alone: %s", item.request.id, outcome.detail)
                 self._dead_letter(item.message, Reason.MODEL_ERROR, outcome.detail)
                 continue
-            event = contract.answer(item.request, outcome, self.model_id)
-            encoded = contract.encode_prediction(event, self.flavour, trace=item.request.trace)
             answered.append(item.message)
-            outgoing.append((encoded.data, encoded.attributes, encoded.key))
+            answers.append((item.request, outcome))
             request_times.append(parse_time(item.request.time))
         if answered:
+            outgoing = contract.encode_predictions(answers, self.model_id, self.flavour)
             future = self._publish(lambda: self.predictions.send_batch(outgoing))
             self._track(_Pending(answered, future, None, request_times))
 
