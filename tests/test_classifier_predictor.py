@@ -207,38 +207,3 @@ def test_the_service_handler_turns_off_spin_waiting_and_a_plain_load_keeps_it() 
 
     assert spinning(OnnxModelHandler().load_model()) == "0"
     assert spinning(Predictor.load()) == "1"
-
-
-class _CountingSession:
-    """An ONNX Runtime session that counts the images it is given."""
-
-    def __init__(self, session: object) -> None:
-        self.session, self.images = session, 0
-
-    def run(self, outputs: object, feeds: dict[str, np.ndarray]) -> object:
-        self.images += len(next(iter(feeds.values())))
-        return self.session.run(outputs, feeds)  # type: ignore[attr-defined]
-
-
-def test_small_batches_run_on_one_thread_and_answer_as_the_full_session_does(
-    test_set: tuple[np.ndarray, np.ndarray],
-) -> None:
-    """The service's batches stay small while the model keeps up; one thread then costs less CPU per image."""
-    images = test_set[0][:40]
-    plain = Predictor.load(threads=2)
-    adaptive = Predictor.load(threads=2, spin_wait=False, one_thread_below=32)
-    small, full = _CountingSession(adaptive._small_batch_session), _CountingSession(adaptive._session)
-    assert small.session.get_session_options().intra_op_num_threads == 1  # type: ignore[attr-defined]
-    assert full.session.get_session_options().intra_op_num_threads == 2  # type: ignore[attr-defined]
-    adaptive._small_batch_session, adaptive._session = small, full
-    for size in (1, 31, 32, 40):
-        np.testing.assert_allclose(adaptive.probabilities(images[:size]), plain.probabilities(images[:size]), atol=1e-5)
-    assert (small.images, full.images) == (1 + 31, 32 + 40)
-    # One thread in all: no second session, whatever the threshold.
-    assert Predictor.load(threads=1, one_thread_below=32)._small_batch_session is None
-    assert Predictor.load(threads=2)._small_batch_session is None
-    # The model service asks for it.
-    from fashionstream.pipeline.handler import ONE_THREAD_BELOW, OnnxModelHandler
-
-    served = OnnxModelHandler(threads=2).load_model()
-    assert served._small_batch_session is not None and served._one_thread_below == ONE_THREAD_BELOW

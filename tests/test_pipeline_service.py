@@ -21,7 +21,7 @@ import numpy as np
 from fashionstream.classifier.predictor import Prediction
 from fashionstream.pipeline import contract
 from fashionstream.pipeline.cloudevents import Flavour
-from fashionstream.pipeline.config import ServiceConfig
+from fashionstream.pipeline.config import PARALLEL_BATCH, ServiceConfig
 from fashionstream.pipeline.contract import Request
 from fashionstream.pipeline.handler import Pixels
 from fashionstream.pipeline.service import ModelService
@@ -316,6 +316,71 @@ def test_batches_grow_with_the_input_that_is_waiting() -> None:
     handler = RecordingHandler()
     run_until_answered(FakeReceiver(requests(40)), handler, 40, max_batch_size=16, max_wait_ms=60_000)
     assert handler.batches == [16, 16, 8]
+
+
+class GatedHandler(FakeHandler):
+    """FakeHandler whose large batches wait for `release`; it records each call's size and thread."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls: list[tuple[int, str]] = []
+        self.lock = threading.Lock()
+
+    def run_inference(self, batch: Sequence[Pixels], model: str) -> list[Prediction]:
+        with self.lock:
+            self.calls.append((len(batch), threading.current_thread().name))
+        if len(batch) >= PARALLEL_BATCH:
+            assert self.release.wait(5.0)
+        return super().run_inference(batch, model)
+
+
+def test_large_batches_are_classified_on_model_threads_while_the_loop_goes_on() -> None:
+    handler = GatedHandler()
+    predictions, dead = HeldSender(), HeldSender()
+    settings = ServiceConfig(broker="mem://", max_batch_size=PARALLEL_BATCH, max_wait_ms=5, threads=2)
+    messages = requests(3 * PARALLEL_BATCH + 4)
+    service = ModelService(settings, handler, FakeReceiver(messages), predictions, dead)
+    stop = threading.Event()
+    loop = threading.Thread(target=service.run, args=(stop,), name="loop")
+    loop.start()
+    try:
+        # Two batches on the two model threads at once, both held: the loop is not waiting on either.
+        assert wait_for(lambda: len(handler.calls) >= 2)
+        time.sleep(0.05)
+        assert [size for size, _ in handler.calls[:2]] == [PARALLEL_BATCH, PARALLEL_BATCH]
+        assert all(name.startswith("model") for _, name in handler.calls[:2])
+        assert len(handler.calls) == 2 and not predictions.sent  # a third batch waits for a free model thread
+        handler.release.set()
+        assert wait_for(lambda: len(predictions.sent) == len(messages))
+        predictions.confirm_all()
+        assert wait_for(lambda: all(m.acked for m in messages))
+    finally:
+        stop.set()
+        loop.join(timeout=5)
+    # The last, small batch ran at once on the loop's own thread.
+    assert (4, "loop") in handler.calls
+    assert sorted(key for *_, key, _ in predictions.sent) == sorted(m.key for m in messages)
+
+
+def test_a_stop_answers_the_batches_still_on_model_threads() -> None:
+    handler = GatedHandler()
+    predictions, dead = HeldSender(), HeldSender()
+    settings = ServiceConfig(broker="mem://", max_batch_size=PARALLEL_BATCH, max_wait_ms=5, threads=2)
+    messages = requests(PARALLEL_BATCH)
+    service = ModelService(settings, handler, FakeReceiver(messages), predictions, dead)
+    stop = threading.Event()
+    loop = threading.Thread(target=service.run, args=(stop,))
+    loop.start()
+    assert wait_for(lambda: len(handler.calls) == 1)
+    stop.set()
+    time.sleep(0.1)
+    assert loop.is_alive()  # the shutdown waits for the batch on the model thread
+    handler.release.set()
+    assert wait_for(lambda: len(predictions.sent) == PARALLEL_BATCH)
+    predictions.confirm_all()
+    loop.join(timeout=5)
+    assert not loop.is_alive()
+    assert all(m.acked for m in messages)
 
 
 class TricklingReceiver(FakeReceiver):

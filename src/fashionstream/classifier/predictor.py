@@ -327,19 +327,6 @@ def model_input(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
 GraphTensor = tuple[str, tuple[int | str | None, ...]]  # (name, shape) of a graph input or output
 
 
-def _session(model_bytes: bytes, threads: int, spin_wait: bool) -> Any:
-    """An ONNX Runtime CPU session of the model with `threads` intra-op threads (`Predictor.load`)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
-    return ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
@@ -428,14 +415,8 @@ class Predictor:
         card: ModelCard | None,
         card_path: Path,
         model_id: str,
-        *,
-        small_batch_session: Any | None = None,
-        one_thread_below: int = 0,
     ) -> None:
         self._session = session
-        # A one-thread session for batches under `one_thread_below` images (`load`); None: one session for all.
-        self._small_batch_session = small_batch_session
-        self._one_thread_below = one_thread_below if small_batch_session is not None else 0
         self._serving = serving
         self._description = description
         self._card = card
@@ -443,14 +424,7 @@ class Predictor:
         self._model_id = model_id
 
     @classmethod
-    def load(
-        cls,
-        path: str | Path | None = None,
-        *,
-        threads: int | None = None,
-        spin_wait: bool = True,
-        one_thread_below: int = 0,
-    ) -> Predictor:
+    def load(cls, path: str | Path | None = None, *, threads: int | None = None, spin_wait: bool = True) -> Predictor:
         """Load an .onnx model (a .card.json path loads the model it names; None = the shipped model).
 
         What serving needs comes from the metadata embedded in the file; the card beside it, when
@@ -464,13 +438,9 @@ class Predictor:
         (its default). That is fastest for a model running back to back, but in the model service
         the spinning thread holds a core the receive/decode/publish thread and the broker need
         (about 0.3 ms of CPU per image, measured draining Kafka), so the service turns it off.
-        one_thread_below: with more than one thread, batches of fewer images than this run on a
-        second session with a single thread (0: never). One thread spends 10-20 % less CPU per image
-        than two at every batch size (2-core AMD EPYC, batches of 1 to 256) but takes longer per
-        batch. Where batch size says how busy the caller is, as in the model service, whose batches
-        grow only while the model falls behind, a small batch is best run on one core, leaving the
-        other to the broker client and the processes beside it, and a large one on all threads.
         """
+        import onnxruntime as ort
+
         onnx_path, card_path = find_model_files(path)
         card = ModelCard.read(card_path) if card_path is not None else None
         model_bytes = onnx_path.read_bytes()
@@ -480,9 +450,13 @@ class Predictor:
                 f"{onnx_path} does not match its card {card_path}: SHA-256 {digest[:12]}…, "
                 f"card says {card.model_sha256[:12]}…; re-export the model or restore the matching pair"
             )
-        threads = threads if threads else min(2, os.cpu_count() or 1)
-        session = _session(model_bytes, threads, spin_wait)
-        small_batch_session = _session(model_bytes, 1, spin_wait) if threads > 1 and one_thread_below > 1 else None
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads if threads else min(2, os.cpu_count() or 1)
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
+        session = ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
         embedded = EmbeddedCard.from_metadata(session.get_modelmeta().custom_metadata_map, source=str(onnx_path))
         description = describe_model(onnx_path, embedded, card, card_path)
         if description is not None:
@@ -496,16 +470,7 @@ class Predictor:
                 dataclasses.replace(DEFAULT_OUTPUT, name=graph_outputs[0].name),
             )
             name = onnx_path.name.removesuffix(".onnx")
-        return cls(
-            session,
-            serving,
-            description,
-            card,
-            card_path or card_path_of(onnx_path),
-            f"{name}@{digest[:12]}",
-            small_batch_session=small_batch_session,
-            one_thread_below=one_thread_below,
-        )
+        return cls(session, serving, description, card, card_path or card_path_of(onnx_path), f"{name}@{digest[:12]}")
 
     @property
     def description(self) -> EmbeddedCard | None:
@@ -601,10 +566,9 @@ class Predictor:
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """uint8 (N, 28, 28) → float32 class probabilities (N, C)."""
         spec, logits = self._serving.input, self._serving.output.kind == "logits"
-        session = self._small_batch_session if len(batch) < self._one_thread_below else self._session
         out = []
         for start in range(0, len(batch), _CHUNK):
-            (scores,) = session.run(None, {spec.name: model_input(batch[start : start + _CHUNK], spec)})  # (n, C)
+            (scores,) = self._session.run(None, {spec.name: model_input(batch[start : start + _CHUNK], spec)})  # (n, C)
             out.append(_softmax(scores) if logits else scores)
         if not out:
             return np.zeros((0, len(self._serving.class_names)), dtype=np.float32)

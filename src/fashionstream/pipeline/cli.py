@@ -61,7 +61,6 @@ def serve_parser() -> argparse.ArgumentParser:
 def serve_main(argv: list[str]) -> int:
     config = load(ServiceConfig, serve_parser(), argv)
     configure_logging(config.log_format, config.log_level)
-    from fashionstream.pipeline.handler import OnnxModelHandler
     from fashionstream.pipeline.metrics import Health, MetricsServer, ServiceMetrics
     from fashionstream.pipeline.reload import RELOAD_PATH, reload_action
     from fashionstream.pipeline.service import ModelService
@@ -87,7 +86,7 @@ def serve_main(argv: list[str]) -> int:
             _closed_quickly(open_topic(topology.topic(topology.predictions), **publisher_options)) as predictions,
             _closed_quickly(open_topic(topology.topic(topology.dead_letters), **publisher_options)) as dead_letters,
         ):
-            handler = OnnxModelHandler(config.model, threads=config.threads)
+            handler = config.model_handler()
             service = ModelService(config, handler, subscriber, predictions, dead_letters, metrics=metrics,
                                    health=health)  # fmt: skip
             services.append(service)

@@ -28,7 +28,7 @@ from typing import Any
 from fashionstream.pipeline import cloudevents
 from fashionstream.pipeline.config import DemoConfig
 from fashionstream.pipeline.consumer import Tally, read_predictions
-from fashionstream.pipeline.handler import ModelHandler, OnnxModelHandler
+from fashionstream.pipeline.handler import ModelHandler
 from fashionstream.pipeline.metrics import ServiceMetrics
 from fashionstream.pipeline.producer import ProduceSummary, SourceImage, labelled_images, produce
 from fashionstream.pipeline.service import ModelService
@@ -119,7 +119,7 @@ def run_demo(
             before_sending(topology)
         with ExitStack() as stack:
             clients = _open_clients(stack, config, topology, dlq_subscription)
-            return _run(config, topology, clients, handler or OnnxModelHandler(config.model, threads=config.threads),
+            return _run(config, topology, clients, handler or config.model_handler(),
                         images, progress, metrics)  # fmt: skip
     finally:
         _delete_quietly(

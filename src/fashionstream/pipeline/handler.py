@@ -66,13 +66,6 @@ class ReloadableModelHandler(Protocol[ModelT_contra]):
         ...
 
 
-#: Batches smaller than this run on one ONNX Runtime thread (`Predictor.load`'s `one_thread_below`). The
-#: service's batches stay this small only while the model keeps up: at 520 images/s end to end on 2 cores
-#: (mean batch 7) one thread cut the service's CPU from 1.77 to 1.50 ms per image, while draining a backlog
-#: (batches of 256) needs both threads for its speed.
-ONE_THREAD_BELOW = 32
-
-
 class OnnxModelHandler:
     """An exported classifier served by ONNX Runtime through the torch-free `Predictor`."""
 
@@ -84,7 +77,7 @@ class OnnxModelHandler:
         from fashionstream.classifier.predictor import Predictor
 
         # No busy-waiting between batches: the service's own thread and the broker need that core.
-        return Predictor.load(self.path, threads=self.threads, spin_wait=False, one_thread_below=ONE_THREAD_BELOW)
+        return Predictor.load(self.path, threads=self.threads, spin_wait=False)
 
     def model_id(self, model: Predictor) -> str:
         return model.model_id
