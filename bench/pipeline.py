@@ -7,7 +7,8 @@
 Measured in one run, so the ratios hold even on a shared, noisy machine:
 
 1. **ceiling**: ONNX Runtime alone on the shipped model (this process, the Predictor as the service
-   uses it), images/s at batch 256 and batch 1;
+   uses it), images/s at batch 256 and batch 1, measured before the other runs and again after them,
+   the better of the two kept;
 2. **drain**: N test images preloaded, then `fashionstream serve` alone (no consumer running):
    images/s from its first ack to its last, read from its /metrics every 50 ms;
 3. **flat out**: `consume` waiting, `produce` sends N images as fast as it can, `serve` in between:
@@ -37,6 +38,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -173,20 +175,41 @@ def produce(topology: Topology, count: int, rate: float | None = None, fmt: str 
 
 
 def ceiling() -> dict[str, float]:
-    """ONNX Runtime alone: images/s of Predictor.probabilities at batch 256 and 1, best of 3 rounds."""
-    predictor = Predictor.load()
+    """ONNX Runtime alone: images/s of Predictor.probabilities, best of 3 rounds of 2 s each.
+
+    At batch 256 the better of two ways to use the cores: one session with its default intra-op
+    threads, and one single-thread session per core called at once from as many threads (the way
+    the service classifies large batches); at batch 1 the first.
+    """
     images, _ = load_split("test")
-    result = {}
-    for batch in (256, 1):
-        best = 0.0
-        for _ in range(3):
-            done, started = 0, time.perf_counter()
-            while time.perf_counter() - started < 2.0:
-                predictor.probabilities(images[:batch])
-                done += batch
-            best = max(best, done / (time.perf_counter() - started))
-        result[f"batch_{batch}"] = round(best, 1)
-    return result
+    batch = images[:256]
+    shared, single = Predictor.load(), Predictor.load(threads=1)
+    cores = min(2, os.cpu_count() or 1)
+
+    def rate(predictor: Predictor, images: Any, callers: int) -> float:
+        counts = [0] * callers
+        stop_at = time.perf_counter() + 2.0
+
+        def call(index: int) -> None:
+            while time.perf_counter() < stop_at:
+                predictor.probabilities(images)
+                counts[index] += len(images)
+
+        started = time.perf_counter()
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(callers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return sum(counts) / (time.perf_counter() - started)
+
+    result = {
+        "batch_256_one_session": max(rate(shared, batch, 1) for _ in range(3)),
+        "batch_256_one_thread_per_core": max(rate(single, batch, cores) for _ in range(3)),
+        "batch_1": max(rate(shared, images[:1], 1) for _ in range(3)),
+    }
+    result["batch_256"] = max(result["batch_256_one_session"], result["batch_256_one_thread_per_core"])
+    return {key: round(value, 1) for key, value in result.items()}
 
 
 def drain(broker: str, count: int, fmt: str = "cloudevents") -> dict[str, Any]:
@@ -290,7 +313,9 @@ def markdown(report: dict[str, Any]) -> str:
     ceil = report["ceiling"]["batch_256"]
     lines = [
         f"ONNX Runtime alone (ceiling): **{ceil:.0f} images/s** at batch 256, "
-        f"{report['ceiling']['batch_1']:.0f} at batch 1.",
+        f"{report['ceiling']['batch_1']:.0f} at batch 1 (the better of a measurement before the runs, "
+        f"{report['ceiling_measurements'][0]['batch_256']:.0f}, and one after, "
+        f"{report['ceiling_measurements'][1]['batch_256']:.0f}).",
         "",
         f"- `serve` draining {report['drain']['images']:,d} preloaded images: **{report['drain']['images_per_s']:.0f} "
         f"images/s = {report['drain']['images_per_s'] / ceil:.0%} of the ceiling** "
@@ -374,6 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_baseline and args.broker.startswith("kafka://"):
         report["one_at_a_time"] = one_at_a_time(args.broker, min(args.images, 2000))
         print(f"one at a time {report['one_at_a_time']}", file=sys.stderr)
+    # Measured again at the end and the better of the two kept: one slow moment of a shared machine during
+    # the first measurement would otherwise make every ratio to the ceiling look better than it is.
+    report["ceiling_measurements"] = [report["ceiling"], ceiling()]
+    report["ceiling"] = {key: max(m[key] for m in report["ceiling_measurements"]) for key in report["ceiling"]}
+    print(f"ceiling {report['ceiling']} (of {report['ceiling_measurements']})", file=sys.stderr)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(report)
