@@ -42,7 +42,11 @@ class ModelHandler(Protocol[ModelT]):
         ...
 
     def run_inference(self, batch: Sequence[Pixels], model: ModelT) -> Sequence[Prediction]:
-        """One prediction per input, in order; raise if the batch cannot be processed."""
+        """One prediction per input, in order; raise if the batch cannot be processed.
+
+        Called from several threads at once (the service's model threads, and its loop for small
+        batches), so it must be thread-safe; an ONNX Runtime session is.
+        """
         ...
 
 

@@ -1,7 +1,8 @@
 """The model service: `images` -> micro-batched inference -> `predictions` (or `images.dlq`).
 
 One thread runs the loop: receive what fits in the open batch, wait at most
-until that batch is due, classify, publish. Delivery is at-least-once by
+until that batch is due, classify (a large batch on a model thread, see below),
+publish. Delivery is at-least-once by
 construction: an input is acked only after the broker has confirmed its
 prediction or dead letter (the publish future resolved). If publishing fails the
 input is nacked and comes back; if the process dies, unacked inputs come back to
