@@ -37,9 +37,10 @@ Pub/Sub itself.
 The model is reached through one `ModelHandler` (load, decode an image, run a batch);
 everything around it (batching, bisection, metrics, dead letters) is the service's. A batch of
 `PARALLEL_BATCH` images or more is classified on one of `threads` model threads while the loop
-reads and decodes the next (up to `threads` batches at once); on 2 cores that drains a backlog
-about a sixth faster than giving one batch at a time both cores, whose Python (decoding, answering)
-would leave one idle. Smaller batches, which mean the model keeps up, are classified on the loop's
+reads and decodes the next (up to `threads` batches at once). Giving one batch at a time both
+cores left one idle while the loop's Python (receiving, decoding, answering) ran; on 2 cores with
+Kafka this way drains a backlog 10-20 % faster and runs the whole pipeline flat out 20-30 % faster
+(docs/benchmarks.md). Smaller batches, which mean the model keeps up, are classified on the loop's
 own thread at once. Answers go out as batches finish, so a small batch may be answered before a
 larger one taken earlier; each request's answer is still sent once its own batch is classified.
 It can be replaced while serving (`reload`): checked on another thread, swapped between two
