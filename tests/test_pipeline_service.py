@@ -362,6 +362,29 @@ def test_large_batches_are_classified_on_model_threads_while_the_loop_goes_on() 
     assert sorted(key for *_, key, _ in predictions.sent) == sorted(m.key for m in messages)
 
 
+def test_answers_keep_the_order_batches_were_taken_in() -> None:
+    """A small batch classified at once waits for a larger one taken before it (model order after a reload)."""
+    handler = GatedHandler()
+    predictions, dead = HeldSender(), HeldSender()
+    settings = ServiceConfig(broker="mem://", max_batch_size=PARALLEL_BATCH, max_wait_ms=5, threads=2)
+    messages = requests(PARALLEL_BATCH + 4)
+    service = ModelService(settings, handler, FakeReceiver(messages), predictions, dead)
+    stop = threading.Event()
+    loop = threading.Thread(target=service.run, args=(stop,), name="loop")
+    loop.start()
+    try:
+        assert wait_for(lambda: (4, "loop") in handler.calls)  # the small batch is classified meanwhile...
+        time.sleep(0.05)
+        assert not predictions.sent  # ...but not answered before the large one
+        handler.release.set()
+        assert wait_for(lambda: len(predictions.sent) == len(messages))
+    finally:
+        stop.set()
+        predictions.confirm_all()
+        loop.join(timeout=5)
+    assert [key for *_, key, _ in predictions.sent] == [m.key for m in messages]
+
+
 def test_a_stop_answers_the_batches_still_on_model_threads() -> None:
     handler = GatedHandler()
     predictions, dead = HeldSender(), HeldSender()

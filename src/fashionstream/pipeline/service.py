@@ -41,8 +41,7 @@ reads and decodes the next (up to `threads` batches at once). Giving one batch a
 cores left one idle while the loop's Python (receiving, decoding, answering) ran; on 2 cores with
 Kafka this way drains a backlog 10-20 % faster and runs the whole pipeline flat out 20-30 % faster
 (docs/benchmarks.md). Smaller batches, which mean the model keeps up, are classified on the loop's
-own thread at once. Answers go out as batches finish, so a small batch may be answered before a
-larger one taken earlier; each request's answer is still sent once its own batch is classified.
+own thread at once. Answers go out in the order batches were taken.
 It can be replaced while serving (`reload`): checked on another thread, swapped between two
 batches, so a reload drops no input and answers none twice.
 """
@@ -409,10 +408,20 @@ class ModelService:
             self.metrics.duplicates.inc()
 
     def _process(self, batch: list[_Item]) -> None:
-        """Classify `batch`: a small one now on this thread, a large one on a model thread (answered later)."""
+        """Classify `batch`: a small one now on this thread, a large one on a model thread (answered later).
+
+        Answers go out in the order batches were taken, so that after a reload no answer of the old
+        model follows one of the new: a small batch classified while larger ones are still on model
+        threads waits for theirs.
+        """
         if self._model_pool is None or len(batch) < PARALLEL_BATCH:
-            outcomes, seconds = self._classify(batch, self.model)
-            self._publish_answers(batch, outcomes, seconds, self.model_id)
+            classified = self._classify(batch, self.model)
+            if not self._classifying:
+                self._publish_answers(batch, *classified, self.model_id)
+                return
+            done: Future[tuple[Outcomes, float]] = Future()
+            done.set_result(classified)
+            self._classifying.append(_Classifying(batch, self.model_id, done))
             return
         while len(self._classifying) >= self._model_threads:  # every model thread busy: wait for the oldest
             self._answer(self._classifying.popleft())
