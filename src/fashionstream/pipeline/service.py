@@ -423,7 +423,9 @@ class ModelService:
             done.set_result(classified)
             self._classifying.append(_Classifying(batch, self.model_id, done))
             return
-        while len(self._classifying) >= self._model_threads:  # every model thread busy: wait for the oldest
+        # Every model thread busy: answer the oldest batches (in order) until one is free. Batches
+        # classified already (small ones waiting for their turn) do not hold a model thread.
+        while sum(not classifying.future.done() for classifying in self._classifying) >= self._model_threads:
             self._answer(self._classifying.popleft())
         future = self._model_pool.submit(self._classify, batch, self.model)
         self._classifying.append(_Classifying(batch, self.model_id, future))
