@@ -327,6 +327,12 @@ def model_input(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
 GraphTensor = tuple[str, tuple[int | str | None, ...]]  # (name, shape) of a graph input or output
 
 
+def default_threads() -> int:
+    """CPU threads for the model unless told otherwise: 2, or 1 on a 1-core machine. On a 2-core box more
+    only contend with the broker client and the code around the model."""
+    return min(2, os.cpu_count() or 1)
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
@@ -451,7 +457,7 @@ class Predictor:
                 f"card says {card.model_sha256[:12]}…; re-export the model or restore the matching pair"
             )
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads if threads else min(2, os.cpu_count() or 1)
+        options.intra_op_num_threads = threads if threads else default_threads()
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

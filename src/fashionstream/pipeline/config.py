@@ -8,12 +8,12 @@ options, model, batching, logging) are written once and mixed in.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from fashionstream.classifier.predictor import default_threads
 from fashionstream.classifier.sample import SAMPLE_SIZE
 from fashionstream.pipeline import contract
 from fashionstream.pipeline.logs import LOG_FORMATS, LOG_LEVELS
@@ -188,7 +188,7 @@ class ModelConfig:
 
     def model_threads(self) -> int:
         """How many batches may be classified at once (`threads`, by default 2 where there are 2 cores)."""
-        return self.threads or min(2, os.cpu_count() or 1)
+        return self.threads or default_threads()
 
     def model_handler(self) -> OnnxModelHandler:
         """The handler of `model` for the service: one ONNX Runtime thread per batch, since the service runs
