@@ -33,14 +33,17 @@ def test_a_message_held_past_the_ack_deadline_is_not_redelivered(backend_gcp: Ba
     topic = backend_gcp.new_topic()
     sub_url = backend_gcp.new_subscription(topic, ack_deadline_s=ACK_DEADLINE_S)
     send_all(topic, [b"slow"])
-    with open_subscription(sub_url, pull=pull) as holder, open_subscription(sub_url, pull=pull) as other:
+    with open_subscription(sub_url, pull=pull) as holder:
         held = holder.receive(timeout=60)
         assert held.data == b"slow"
         received_at = time.monotonic()
-        stolen = []
-        while time.monotonic() - received_at < HOLD_S:  # the slow batch, still being worked on
-            stolen += other.receive_batch(10, timeout=1.0)
-            stolen += holder.receive_batch(10, timeout=0.1)
-        held.ack()
-        stolen += other.receive_batch(10, timeout=3.0)
+        # The second consumer joins only once the message is held: a streaming pull opened earlier may be
+        # the one the emulator hands the message to, and then the holder would never see it.
+        with open_subscription(sub_url, pull=pull) as other:
+            stolen = []
+            while time.monotonic() - received_at < HOLD_S:  # the slow batch, still being worked on
+                stolen += other.receive_batch(10, timeout=1.0)
+                stolen += holder.receive_batch(10, timeout=0.1)
+            held.ack()
+            stolen += other.receive_batch(10, timeout=3.0)
     assert [m.data for m in stolen] == [], f"redelivered while held: {[m.delivery_attempt for m in stolen]}"
