@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
 
 from fashionstream.pipeline.cloudevents import Flavour
-from fashionstream.pipeline.producer import PACING_TICK_S, labelled_test_images, produce
+from fashionstream.pipeline.producer import PACING_TICK_S, SourceImage, labelled_test_images, produce
 
 
 class RecordingPublisher:
@@ -60,3 +61,18 @@ def test_flat_out_leaves_batching_to_the_publisher() -> None:
     summary = produce(publisher, labelled_test_images(50), Flavour.KAFKA)
     assert summary.confirmed == 50
     assert {kind for _, _, kind in publisher.calls} == {"send"}
+
+
+def test_the_pace_starts_with_the_first_image_not_before_the_source_made_it() -> None:
+    images = list(labelled_test_images(40))
+
+    def slow_to_start() -> Iterator[SourceImage]:
+        time.sleep(0.2)  # like loading a data set: 0.2 s at this rate is 160 images due at once
+        yield from images
+
+    publisher = RecordingPublisher()
+    rate = 4 / PACING_TICK_S
+    summary = produce(publisher, slow_to_start(), Flavour.KAFKA, rate=rate)
+    assert summary.confirmed == 40
+    assert max(n for _, n, _ in publisher.calls) <= 8  # about one tick's images per batch, no start-up burst
+    assert summary.seconds >= 0.9 * 39 / rate  # paced from the first image, not counting the source's start
