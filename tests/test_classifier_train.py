@@ -257,3 +257,44 @@ def test_alternate_flips_show_every_image_both_ways_in_consecutive_epochs() -> N
     assert 64 < int(seen[0].sum()) < 192  # the first epoch's flips are random
     assert torch.equal(seen[1], ~seen[0] & asymmetric)  # the next epoch shows the other side
     assert torch.equal(seen[2], seen[0])
+
+
+SHIPPED_TORCHSCRIPT = REPO / "src" / "fashionstream" / "models" / "fashion-cnn.torchscript.pt"
+
+
+def test_distillation_trains_from_an_exported_teacher_and_keeps_it_out_of_checkpoints(tmp_path: Path) -> None:
+    import hashlib
+
+    argv = [
+        "train", "fit", "--model", "FashionCNN", "--model.widths", "[0, 8, 16, 32]",
+        "--model.teacher", str(SHIPPED_TORCHSCRIPT), "--model.distill_weight", "0.7",
+        "--data", "FashionMNIST", "--data.train_subset", "512", "--data.val_size", "0", "--data.batch_size", "128",
+        "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+        "--test_after_fit", "false",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+    ]  # fmt: skip
+    assert cli_main(argv) == 0
+    (run_dir,) = {path.parent for path in tmp_path.rglob("metrics.csv")}
+    distill = _epoch_metric(run_dir, "train/distill_loss")
+    assert distill and all(np.isfinite(distill)) and distill[-1] > 0
+    (checkpoint_file,) = tmp_path.rglob("*.ckpt")
+    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
+    assert checkpoint["teacher_sha256"] == hashlib.sha256(SHIPPED_TORCHSCRIPT.read_bytes()).hexdigest()
+    assert not [key for key in checkpoint["state_dict"] if "teacher" in key]  # the student's weights only
+
+
+def test_distillation_loss_is_zero_when_the_student_answers_like_the_teacher() -> None:
+    from fashionstream.classifier.module import FashionCNN
+
+    module = FashionCNN(teacher=str(SHIPPED_TORCHSCRIPT), teacher_tta=False, distill_temperature=4.0)
+    module._load_teacher()
+    x = torch.randn(16, 1, 28, 28)
+    with torch.no_grad():
+        teacher_logits = module._teacher[0](x)
+        same = module._distillation_loss(x, teacher_logits)
+        other = module._distillation_loss(x, torch.zeros_like(teacher_logits))
+    assert abs(float(same)) < 1e-4 < float(other)
+    with pytest.raises(FileNotFoundError, match="not a file"):
+        FashionCNN(teacher=str(REPO / "no-such-teacher.pt"))._load_teacher()
+    with pytest.raises(ValueError, match="distill_weight"):
+        FashionCNN(teacher=str(SHIPPED_TORCHSCRIPT), distill_weight=0.0)

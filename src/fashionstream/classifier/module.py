@@ -7,12 +7,15 @@ picks a class and its typed arguments (LightningCLI `class_path`), and the recip
 
 Recipe levers: label smoothing, SGD-Nesterov or AdamW with a one-cycle or cosine schedule, weight
 EMA (the averaged copy is what validation, test and export use), flip test-time augmentation
-reported alongside the plain accuracy (`val/acc_tta`). Checkpoints are chosen on `val/acc`.
+reported alongside the plain accuracy (`val/acc_tta`), and knowledge distillation from an exported
+teacher (`teacher`: its softened answers on the very same augmented batch join the labels as a
+target, a "consistent" teacher). Checkpoints are chosen on `val/acc`.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,6 +44,10 @@ class ImageClassifier(L.LightningModule):
         label_smoothing: float = 0.1,
         ema_decay: float = 0.999,
         tta: bool = True,
+        teacher: str | None = None,
+        distill_weight: float = 0.5,
+        distill_temperature: float = 4.0,
+        teacher_tta: bool = True,
     ) -> None:
         """
         Args:
@@ -54,6 +61,12 @@ class ImageClassifier(L.LightningModule):
             label_smoothing: cross-entropy label smoothing.
             ema_decay: weight EMA decay per step (0 disables EMA). The averaged net is evaluated and exported.
             tta: also report accuracy with horizontal-flip test-time augmentation (`val/acc_tta`).
+            teacher: a TorchScript classifier (e.g. an export's `.torchscript.pt`) taking the same
+                normalised input, to distil from; None trains on the labels alone. Loaded when fitting
+                starts, never saved in checkpoints (they record its SHA-256).
+            distill_weight: share of the loss that is the distillation term (the rest is cross-entropy).
+            distill_temperature: softening of teacher and student scores in the distillation term.
+            teacher_tta: the teacher's target is its mean over the image and its mirror image.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -64,6 +77,11 @@ class ImageClassifier(L.LightningModule):
         self.ema = copy.deepcopy(self.net).requires_grad_(False) if ema_decay > 0 else None
         self._fit_started = 0.0
         self._test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # In a list, not an attribute: an nn.Module attribute would put its weights in every checkpoint.
+        self._teacher: list[torch.jit.ScriptModule] = []
+        self._teacher_sha256: str | None = None
+        if teacher is not None and not 0.0 < distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must be in (0, 1] with a teacher, not {distill_weight}")
 
     def build_net(self) -> nn.Module:
         raise NotImplementedError
@@ -82,12 +100,45 @@ class ImageClassifier(L.LightningModule):
         x, y = batch  # (B, 1, 28, 28) normalised, (B,)
         logits = self.net(x)  # (B, C)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        if self._teacher:
+            distill = self._distillation_loss(x, logits)
+            self.log("train/distill_loss", distill, on_step=False, on_epoch=True)
+            weight = self.hparams.distill_weight
+            loss = (1 - weight) * loss + weight * distill
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", (logits.argmax(1) == y).float().mean(), on_step=False, on_epoch=True)
         return loss
 
+    def _distillation_loss(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """KL divergence from the teacher's softened answer on this batch to the student's, scaled by T²
+        so that its gradients keep their size whatever the temperature (Hinton et al., 2015)."""
+        temperature = self.hparams.distill_temperature
+        teacher = self._teacher[0]
+        with torch.no_grad():
+            target = (teacher(x).float() / temperature).softmax(1)
+            if self.hparams.teacher_tta:
+                target = (target + (teacher(x.flip(-1)).float() / temperature).softmax(1)) / 2
+        student = (logits.float() / temperature).log_softmax(1)
+        return F.kl_div(student, target, reduction="batchmean") * temperature**2
+
+    def _load_teacher(self) -> None:
+        path = Path(self.hparams.teacher)
+        if not path.is_file():
+            raise FileNotFoundError(f"teacher {str(path)!r} is not a file (a TorchScript export, *.torchscript.pt)")
+        self._teacher_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        teacher = torch.jit.load(str(path), map_location=self.device).eval()
+        for parameter in teacher.parameters():  # ScriptModules have no requires_grad_()
+            parameter.requires_grad_(False)
+        self._teacher[:] = [teacher]
+
     def on_fit_start(self) -> None:
         self._fit_started = time.perf_counter()
+        if self.hparams.teacher is not None and not self._teacher:
+            self._load_teacher()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._teacher_sha256 is not None:
+            checkpoint["teacher_sha256"] = self._teacher_sha256
 
     @torch.no_grad()
     def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
