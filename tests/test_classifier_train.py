@@ -117,6 +117,54 @@ def test_val_size_zero_trains_on_everything_keeps_the_last_epoch_and_exports_it(
     assert card.training.checkpoint == "epoch01-final.ckpt" and card.validation.split.startswith("none")
 
 
+def _fit_tiny(root: Path, *extra: str) -> Path:
+    """A 3-epoch run of a tiny net on 512 images (val_size 0); returns its run directory."""
+    argv = [
+        "train", "fit", "--model", "FashionCNN", "--model.widths", "[0,8,8,16]", "--model.ema_decay", "0.9",
+        "--data", "FashionMNIST", "--data.val_size", "0", "--data.train_subset", "512", "--data.batch_size", "128",
+        "--data.erase", "0.5", "--trainer.max_epochs", "3", "--trainer.accelerator", "cpu",
+        "--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false",
+        "--trainer.log_every_n_steps", "1",
+        "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root), *extra,
+    ]  # fmt: skip
+    assert cli_main(argv) == 0
+    return max((root / "train").iterdir(), key=lambda p: int(p.name.split("_")[1]))
+
+
+def test_a_run_stopped_after_an_epoch_and_resumed_ends_as_if_never_stopped(tmp_path: Path) -> None:
+    # A long schedule can run in pieces: the learning-rate schedule, the shuffling and the augmentation
+    # carry on where they stopped, so the final weights are those of the uninterrupted run.
+    whole = _fit_tiny(tmp_path / "whole")
+    first = _fit_tiny(tmp_path / "pieces", "--pieces.stop_after_epoch", "1")
+    assert not (first / "run_summary.json").exists()  # a piece is not a run the tables should count
+    (paused_at,) = (first / "checkpoints").iterdir()
+    assert paused_at.name == "epoch00-final.ckpt"
+    rest = _fit_tiny(tmp_path / "pieces", "--ckpt_path", str(paused_at))
+    summary = json.loads((rest / "run_summary.json").read_text())
+    assert summary["epochs_run"] == 3 and summary["resumed_from"] == str(paused_at)
+    both_pieces = torch.load(paused_at, map_location="cpu", weights_only=False)["callbacks"]
+    (first_piece_s,) = [state["fit_seconds"] for key, state in both_pieces.items() if "ResumableFit" in key]
+    assert summary["fit_wall_s"] > first_piece_s > 0  # the summary counts both pieces' time
+    lr = "lr-SGD/pg1"  # logged every step: the schedule carries on where it stopped
+    lr_whole, lr_pieces = _epoch_metric(whole, lr), _epoch_metric(first, lr) + _epoch_metric(rest, lr)
+    assert len(lr_whole) > 3 and lr_pieces == pytest.approx(lr_whole)
+    weights = {
+        name: torch.load(next((run / "checkpoints").iterdir()), map_location="cpu", weights_only=False)["state_dict"]
+        for name, run in (("whole", whole), ("pieces", rest))
+    }
+    assert weights["whole"].keys() == weights["pieces"].keys()
+    for key, value in weights["whole"].items():
+        assert torch.allclose(value.float(), weights["pieces"][key].float(), atol=1e-6), key
+    assert summary["test_acc"] == json.loads((whole / "run_summary.json").read_text())["test_acc"]
+
+
+def test_stop_after_epoch_must_be_positive() -> None:
+    from fashionstream.classifier.resume import ResumableFit
+
+    with pytest.raises(ValueError, match="at least 1"):
+        ResumableFit(stop_after_epoch=0)
+
+
 def test_export_parity_onnx_and_torchscript(smoke_run: Path, tmp_path: Path) -> None:
     import onnxruntime as ort
 

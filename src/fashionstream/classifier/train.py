@@ -10,7 +10,8 @@ Each run writes to `runs/<logger name>/version_N/`: `config.yaml` (resolved), `c
 and — after `fit` that checkpoint is tested once on the 10 k test set (`--test_after_fit false` skips it) —
 `confusion_matrix.png`, `per_class.md`, `test_metrics.json`, and `run_summary.json` (machine, seed,
 epochs, fit wall time, params, MACs, validation and test accuracy: what `bench/train_speed.py`
-collects into bench/results/). Test results never choose anything.
+collects into bench/results/). Test results never choose anything. `--pieces.stop_after_epoch K` stops after
+epoch K; the same command plus `--ckpt_path CHECKPOINT` carries on as if never stopped (classifier/resume.py).
 Uses a GPU with bf16 autocast when present, else the CPU (a config may ask for bf16 on the CPU too).
 """
 
@@ -33,6 +34,7 @@ from fashionstream.classifier import reports
 from fashionstream.classifier.data import FashionMNIST, ImageDataModule
 from fashionstream.classifier.export import FINAL_CHECKPOINT
 from fashionstream.classifier.module import FashionCNN, ImageClassifier, PatchCNN, ResNet
+from fashionstream.classifier.resume import ResumableFit
 from fashionstream.machine import describe_machine
 
 __all__ = ["FashionCNN", "FashionMNIST", "PatchCNN", "ResNet", "TrainCLI", "main"]
@@ -103,6 +105,9 @@ class TrainCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        # A long schedule in pieces: --pieces.stop_after_epoch K ends this run after epoch K with a checkpoint,
+        # and the same command plus --ckpt_path CHECKPOINT carries on to max_epochs as if never stopped.
+        parser.add_lightning_class_args(ResumableFit, "pieces")
         parser.add_argument("--test_after_fit", type=bool, default=True, help="test the best checkpoint after fit")
         parser.add_argument("--threads", type=int | None, default=None, help="torch CPU threads (default: torch's)")
 
@@ -114,6 +119,9 @@ class TrainCLI(LightningCLI):
         data_args = (config.get("data") or {}).get("init_args") or {}
         if self.subcommand == "fit" and data_args.get("val_size", 1) == 0:
             self._train_on_everything(config)
+        elif self.subcommand == "fit" and (config.get("pieces") or {}).get("stop_after_epoch"):
+            # The best-validation checkpoint may be older than the last epoch; the next piece needs the latest.
+            config["checkpoint"]["save_last"] = True
 
     def _train_on_everything(self, config: Namespace) -> None:
         """`--data.val_size 0`: the final run of a recipe chosen on validation, on all 60 k training images.
@@ -141,11 +149,16 @@ class TrainCLI(LightningCLI):
         self._fit_started = time.perf_counter()  # after the MAC count: only Trainer.fit is timed
 
     def after_fit(self) -> None:
-        fit_wall_s = time.perf_counter() - self._fit_started
+        this_run_s = time.perf_counter() - self._fit_started
         log_dir = Path(self.trainer.log_dir or "runs")
         metrics = log_dir / "metrics.csv"
         if metrics.is_file():
             reports.plot_training_curve(metrics, log_dir / "training_curve.png")
+        pieces = next(c for c in self.trainer.callbacks if isinstance(c, ResumableFit))  # type: ignore[attr-defined]
+        if pieces.paused:
+            self._tell_how_to_resume(log_dir)
+            return  # a piece is not a run: no test, no summary for the tables until the schedule is done
+        fit_wall_s = pieces.seconds_before + this_run_s
         test: dict[str, float] = {}
         if self.config[self.subcommand].get("test_after_fit", True) and not self.trainer.fast_dev_run:
             checkpoint = self.trainer.checkpoint_callback
@@ -162,6 +175,18 @@ class TrainCLI(LightningCLI):
             (log_dir / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             test_note = f", test acc {test['test/acc']:.4f}" if test else ""
             print(f"fit wall time {fit_wall_s:.1f} s{test_note}")
+        print(f"run directory: {log_dir}")
+
+    def _tell_how_to_resume(self, log_dir: Path) -> None:
+        checkpoint = self.trainer.checkpoint_callback
+        latest = getattr(checkpoint, "last_model_path", "") or getattr(checkpoint, "best_model_path", "")
+        argv = _without_options(self._argv, "--ckpt_path", "--pieces.stop_after_epoch")
+        print(
+            f"stopped after epoch {self.trainer.current_epoch} of {self.trainer.max_epochs} as asked"
+            f" (--pieces.stop_after_epoch); checkpoint: {latest}\n"
+            f"carry on with: fashionstream train {shlex.join(argv + ['--ckpt_path', str(latest)])}\n"
+            "(add --pieces.stop_after_epoch K to stop again after epoch K)"
+        )
         print(f"run directory: {log_dir}")
 
     def _run_summary(self, fit_wall_s: float, test: dict[str, float]) -> dict[str, object]:
@@ -189,13 +214,28 @@ class TrainCLI(LightningCLI):
                 "accelerator": "cuda" if gpu else "cpu",
                 "gpu": gpu,
             },
-            "fit_wall_s": round(fit_wall_s, 1),
+            "fit_wall_s": round(fit_wall_s, 1),  # every piece's Trainer.fit when the run was resumed
+            "resumed_from": config.get("ckpt_path"),
             "best_val_acc": float(best_val) if best_val is not None else None,
             "test_acc": test.get("test/acc"),
             "test_acc_tta": test.get("test/acc_tta"),
             "tested_weights": self._tested_weights,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+
+
+def _without_options(argv: list[str], *names: str) -> list[str]:
+    """argv less the named options and their values (`--name value` or `--name=value`)."""
+    kept: list[str] = []
+    skip_value = False
+    for arg in argv:
+        if skip_value:
+            skip_value = False
+        elif arg in names:
+            skip_value = True
+        elif not arg.startswith(tuple(name + "=" for name in names)):
+            kept.append(arg)
+    return kept
 
 
 def main(argv: list[str] | None = None) -> int:
