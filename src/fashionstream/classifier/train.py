@@ -146,19 +146,17 @@ class TrainCLI(LightningCLI):
         net = self.model.net
         self._params, self._macs = count_params(net), count_macs(net)
         print(f"{type(self.model).__name__}: {self._params:,d} params, {self._macs:,d} MACs per image")
-        self._fit_started = time.perf_counter()  # after the MAC count: only Trainer.fit is timed
 
     def after_fit(self) -> None:
-        this_run_s = time.perf_counter() - self._fit_started
+        pieces = next(c for c in self.trainer.callbacks if isinstance(c, ResumableFit))  # type: ignore[attr-defined]
+        fit_wall_s = pieces.fit_seconds  # Trainer.fit of this run and of any pieces it resumed, read before plotting
         log_dir = Path(self.trainer.log_dir or "runs")
         metrics = log_dir / "metrics.csv"
         if metrics.is_file():
             reports.plot_training_curve(metrics, log_dir / "training_curve.png")
-        pieces = next(c for c in self.trainer.callbacks if isinstance(c, ResumableFit))  # type: ignore[attr-defined]
         if pieces.paused:
             self._tell_how_to_resume(log_dir)
             return  # a piece is not a run: no test, no summary for the tables until the schedule is done
-        fit_wall_s = pieces.seconds_before + this_run_s
         test: dict[str, float] = {}
         if self.config[self.subcommand].get("test_after_fit", True) and not self.trainer.fast_dev_run:
             checkpoint = self.trainer.checkpoint_callback
